@@ -1,0 +1,5 @@
+import sys
+
+from brain_gen.cli import main
+
+sys.exit(main())

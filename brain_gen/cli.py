@@ -1,0 +1,140 @@
+"""The `brain-gen` command: argument parsing and error printing; the work happens elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from brain_gen.config.errors import BrainGenError
+
+EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file")
+    _add_common_arguments(parser)
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set trainer.max_epochs=3 (VALUE is read as YAML; repeatable)",
+    )
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="brain-gen", description="Train models of brain signals from YAML configs.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    _add_run_arguments(commands.add_parser("train", help="train a model"))
+    _add_run_arguments(commands.add_parser("test", help="evaluate a checkpoint (resume_from) on the test split"))
+    _add_run_arguments(
+        commands.add_parser("validate", help="check config, data and model without training, and summarize them")
+    )
+    demo = commands.add_parser("demo", help="train a small model on a generated dataset")
+    demo.add_argument("--out", default="demo_run", help="folder for the demo data, config and runs (default: demo_run)")
+    _add_common_arguments(demo)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from brain_gen.training.train import ExperimentDL
+
+    experiment = ExperimentDL(args.config, args.overrides)
+    trainer = experiment.train()
+    print(f"logs and checkpoints: {trainer.logger.log_dir}")
+    print(f"open TensorBoard with: tensorboard --logdir {experiment.save_dir}")
+
+
+def run_test(args: argparse.Namespace) -> None:
+    from brain_gen.training.train import ExperimentDL
+
+    experiment = ExperimentDL(args.config, args.overrides)
+    experiment.test()
+    print(f"test logs: {experiment.trainer.logger.log_dir}")
+
+
+def run_validate(args: argparse.Namespace) -> None:
+    from brain_gen.training.train import ExperimentDL
+
+    experiment = ExperimentDL(args.config, args.overrides)
+    summary = experiment.validate()
+    config = experiment.config
+    print(f"config ok: {args.config}")
+    for name, counts in summary["splits"].items():
+        print(f"  {name:5s}: {counts['sessions']} sessions, {counts['windows']} windows")
+    seconds = summary["window_samples"] / summary["sfreq"]
+    print(
+        f"  data : {summary['channels']} channels at {summary['sfreq']:g} Hz, "
+        f"windows of {summary['window_samples']} samples ({seconds:g} s)"
+    )
+    print(f"  model: {config.model_name} with {summary['parameters']:,} parameters, loss {config.loss_name}")
+    if summary["pending"]:
+        print(f"  note : train stops on keys whose behaviour is not implemented yet: {', '.join(summary['pending'])}")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from brain_gen.demo import demo_config, make_synthetic_dataset
+    from brain_gen.training.train import ExperimentDL
+
+    out_dir = Path(args.out).resolve()
+    data_dir = out_dir / "data"
+    if not data_dir.is_dir():
+        print(f"generating the demo dataset in {data_dir}")
+        make_synthetic_dataset(data_dir)
+    config_path = out_dir / "demo.yaml"
+    if not config_path.exists():
+        config_path.write_text(yaml.safe_dump(demo_config(), sort_keys=False))
+    experiment = ExperimentDL(config_path, args.overrides)
+    trainer = experiment.train()
+    run_dir = Path(trainer.logger.log_dir)
+    val_loss = trainer.callback_metrics.get("val/loss")
+    print()
+    print(f"demo config:  {config_path}")
+    if val_loss is not None:
+        print(f"final val/loss: {float(val_loss):.4f}")
+    print(f"TensorBoard logs: {run_dir}")
+    print(f"checkpoints:      {run_dir / 'checkpoints'}")
+    print(f"open TensorBoard with: tensorboard --logdir {experiment.save_dir}")
+
+
+COMMANDS = {"train": run_train, "test": run_test, "validate": run_validate, "demo": run_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("brain-gen: %(message)s"))
+    package_logger = logging.getLogger("brain_gen")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        COMMANDS[args.command](args)
+    except BrainGenError as exc:
+        if args.debug:
+            raise
+        print(f"brain-gen: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        package_logger.removeHandler(handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Typed errors for bad user input. Only the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class BrainGenError(Exception):
+    """Bad input from the user: a config key, a path or a data file.
+
+    The message is one line that names the key or file and says what to do.
+    """
+
+    def __init__(self, message: str):
+        # Collapse whitespace so the CLI can always print exactly one line.
+        super().__init__(" ".join(str(message).split()))
+
+
+class ConfigError(BrainGenError):
+    """A config key is missing, unknown, of the wrong type or inconsistent."""
+
+
+class DataError(BrainGenError):
+    """A dataset file is missing, corrupt or inconsistent with its metadata."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """A ' (did you mean X?)' hint naming the closest choice, or '' when none is close."""
+    import difflib
+
+    matches = difflib.get_close_matches(str(name), [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return f" (did you mean {matches[0]}?)" if matches else ""

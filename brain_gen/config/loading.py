@@ -1,0 +1,283 @@
+"""Load a config: read YAML, apply ``--set`` overrides, resolve paths, validate.
+
+Every problem found is collected into a single ConfigError whose message is one
+line, each problem naming its dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from brain_gen.config.errors import ConfigError, did_you_mean
+from brain_gen.config.schema import TRAINER_CUSTOM_KEYS, ExperimentConfig
+
+# Keys the framework sets itself on pytorch_lightning.Trainer, with what to use instead.
+TRAINER_MANAGED_KEYS = {
+    "logger": "a TensorBoardLogger is always attached under save_dir; remove this key",
+    "default_root_dir": "use the top-level save_dir instead",
+}
+
+
+def read_yaml_mapping(path: Path, key: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; ``key`` names what the file is for in errors."""
+    if not path.is_file():
+        raise ConfigError(f"{key}: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{key}: invalid YAML in {path}{where}: {problem}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}: {path} must hold a mapping of keys, not a {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=VALUE`` into the key path and the YAML-typed value."""
+    key, sep, raw_value = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"--set expects KEY=VALUE with a dotted KEY such as trainer.max_epochs=3, got {text!r}")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: the value {raw_value!r} is not valid YAML") from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """Set each ``a.b.c=VALUE`` override into the nested mapping ``data`` in place."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                parent = ".".join(path[: depth + 1])
+                raise ConfigError(f"--set {'.'.join(path)}: {parent} is a {type(child).__name__}, not a mapping")
+            node = child
+        node[path[-1]] = value
+
+
+def _resolve_path(value: Any, base_dir: Path) -> Any:
+    if isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base_dir / path).resolve())
+    return value
+
+
+def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
+    """Make the path-valued keys absolute, relative to ``base_dir`` (the config file's folder)."""
+    data["save_dir"] = _resolve_path(data.get("save_dir"), base_dir)
+    if data.get("resume_from") != "last":
+        data["resume_from"] = _resolve_path(data.get("resume_from"), base_dir)
+    splitter = data.get("datasplitter")
+    if isinstance(splitter, dict):
+        roots = splitter.get("dataset_root")
+        if isinstance(roots, list):
+            splitter["dataset_root"] = [_resolve_path(root, base_dir) for root in roots]
+        elif isinstance(roots, dict):
+            splitter["dataset_root"] = {name: _resolve_path(root, base_dir) for name, root in roots.items()}
+        else:
+            splitter["dataset_root"] = _resolve_path(roots, base_dir)
+        if "cache_dir" in splitter:
+            splitter["cache_dir"] = _resolve_path(splitter["cache_dir"], base_dir)
+    loader = data.get("dataloader")
+    if isinstance(loader, dict) and "tokenizer_path" in loader:
+        loader["tokenizer_path"] = _resolve_path(loader["tokenizer_path"], base_dir)
+    for key in ("save_dir", "resume_from"):
+        if data.get(key) is None:
+            data.pop(key, None)
+
+
+def load_config(source: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Build the validated config from a mapping or a YAML file path, plus ``--set`` overrides.
+
+    Relative paths resolve against the config file's folder (the current folder for
+    a mapping), and that holds for paths given in overrides too.
+    """
+    if isinstance(source, dict):
+        data = copy.deepcopy(source)
+        base_dir = Path.cwd()
+    else:
+        config_path = Path(source).expanduser().resolve()
+        data = read_yaml_mapping(config_path, "config")
+        base_dir = config_path.parent
+    apply_overrides(data, list(overrides or []))
+
+    model_config = data.get("model_config")
+    if isinstance(model_config, str):
+        data["model_config"] = read_yaml_mapping(Path(_resolve_path(model_config, base_dir)), "model_config")
+    resolve_paths(data, base_dir)
+
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(describe_validation_errors(exc, data, ExperimentConfig))) from None
+    problems = check_trainer_kwargs(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold, directly or as dict values / list items."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for arg in typing.get_args(annotation):
+        found.extend(_models_in(arg))
+    return found
+
+
+def _model_at(root: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """The schema model that validates the mapping found at ``path``, if there is one."""
+    model: type[BaseModel] | None = root
+    for part in path:
+        if model is None:
+            return None
+        field = next(
+            (f for name, f in model.model_fields.items() if part in (name, f.alias)),
+            None,
+        )
+        if field is None:
+            return None
+        candidates = _models_in(field.annotation)
+        model = candidates[0] if len(candidates) == 1 else None
+    return model
+
+
+def _field_keys(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+_SCALAR_TAGS = {"str", "int", "bool", "float", "none"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names each failed union member in the location: 'int', 'list[str]', 'LRWarmupConfig'.
+    return isinstance(part, str) and (part in _SCALAR_TAGS or "[" in part or part[:1].isupper())
+
+
+def _split_location(loc: tuple, data: Any) -> tuple[list[str], list[str]]:
+    """Separate a pydantic error location into real config keys and union-member tags."""
+    keys, tags = [], []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif _is_union_tag(part):
+            tags.append(part)
+            continue
+        else:
+            node = None
+        keys.append(str(part))
+    return keys, tags
+
+
+def describe_validation_errors(exc: ValidationError, data: dict[str, Any], root: type[BaseModel]) -> list[str]:
+    """One short sentence per problem, each starting with the dotted key it concerns."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for error in exc.errors():
+        keys, tags = _split_location(error["loc"], data)
+        # A wrong value for a union field fails once per member; report it once.
+        group = grouped.setdefault(".".join(keys), {"errors": [], "tags": [], "keys": keys})
+        group["errors"].append(error)
+        group["tags"].extend(tag for tag in tags if tag not in group["tags"])
+
+    messages = []
+    for dotted, group in grouped.items():
+        first = group["errors"][0]
+        prefix = f"{dotted}: " if dotted else ""
+        if first["type"] == "extra_forbidden":
+            parent = _model_at(root, group["keys"][:-1])
+            hint = did_you_mean(group["keys"][-1], _field_keys(parent)) if parent else ""
+            messages.append(f"{prefix}unknown key{hint}")
+        elif first["type"] == "missing":
+            messages.append(f"{prefix}required key is missing")
+        elif first["type"] in ("value_error", "assertion_error"):
+            messages.append(prefix + first["msg"].removeprefix("Value error, "))
+        elif len(group["errors"]) > 1 and group["tags"]:
+            expected = " or ".join(group["tags"])
+            messages.append(f"{prefix}expected {expected}, got {first['input']!r}")
+        else:
+            message = first["msg"][:1].lower() + first["msg"][1:]
+            messages.append(f"{prefix}{message}, got {first['input']!r}")
+    return messages
+
+
+# --------------------------------------------------------------------------- trainer pass-through
+
+
+@functools.cache
+def _trainer_parameters() -> dict[str, Any]:
+    """Name -> type annotation of every pytorch_lightning.Trainer constructor argument."""
+    import pytorch_lightning as pl
+
+    signature = inspect.signature(pl.Trainer.__init__)
+    try:
+        hints = typing.get_type_hints(pl.Trainer.__init__)
+    except Exception:  # an unresolvable annotation: check names only
+        hints = {}
+    return {name: hints.get(name, Any) for name in signature.parameters if name != "self"}
+
+
+@functools.cache
+def _type_adapter(annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+
+
+def _type_name(annotation: Any) -> str:
+    """A readable form of a type annotation: `int | None`, `'16-mixed' | 'bf16-mixed'`."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(value) for value in typing.get_args(annotation))
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if isinstance(annotation, type) and origin is None:
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def check_trainer_kwargs(config: ExperimentConfig) -> list[str]:
+    """Check the keys handed to pytorch_lightning.Trainer against its signature.
+
+    Values pass through pydantic with Trainer's own annotations, so ``max_epochs: "3"``
+    reaches Trainer as the int 3 and ``max_epochs: three`` is an error here.
+    """
+    parameters = _trainer_parameters()
+    problems = []
+    passthrough = config.trainer.model_extra or {}
+    for key, value in list(passthrough.items()):
+        if key in TRAINER_MANAGED_KEYS:
+            problems.append(f"trainer.{key}: set by brain-gen; {TRAINER_MANAGED_KEYS[key]}")
+        elif key not in parameters:
+            hint = did_you_mean(key, [*parameters, *TRAINER_CUSTOM_KEYS])
+            problems.append(f"trainer.{key}: unknown key{hint}; it is neither a brain-gen key nor a pytorch_lightning.Trainer argument")
+        else:
+            try:
+                passthrough[key] = _type_adapter(parameters[key]).validate_python(value)
+            except ValidationError:
+                problems.append(f"trainer.{key}: expected {_type_name(parameters[key])}, got {value!r}")
+    return problems

@@ -1,0 +1,339 @@
+"""The config schema: one pydantic model per section, the single source of truth.
+
+Every key a user can write is declared here with its type, default and a
+description. Code elsewhere reads typed attributes of these models; it never
+looks keys up with ``dict.get(key, default)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, values are re-checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def explicitly_set(self, key: str) -> bool:
+        """Whether the user wrote ``key`` (as opposed to it taking its default)."""
+        return key in self.model_fields_set
+
+
+# --------------------------------------------------------------------------- datasplitter
+
+
+class DataSplitterConfig(Section):
+    """Where the sessions are, how they are cut into windows and split."""
+
+    dataset_root: str | list[str] | dict[str, str] = Field(
+        description="Folder of session folders; a list of such folders; or a mapping "
+        "from a dataset name to its folder. Datasets are named by their folder name "
+        "unless a mapping names them."
+    )
+    example_seconds: float = Field(gt=0, description="Length of one training window, in seconds.")
+    overlap_seconds: float = Field(
+        default=0.0, ge=0, description="Overlap between consecutive windows of a chunk, in seconds."
+    )
+    val_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions (or subjects) for validation.")
+    test_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions (or subjects) for testing.")
+    seed: int = Field(default=42, description="Seed of the split shuffle; the same seed gives the same split.")
+    dataset_class: str = Field(
+        default="ChunkDataset",
+        description="Dataset built on each split: a built-in name (ChunkDataset, "
+        "ChunkDatasetContinuous) or an import path `package.module:Class`.",
+    )
+    dataset_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the dataset class constructor."
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Folder for the session metadata cache. Default: `<save_dir>/cache`.",
+    )
+    refresh_cache: bool = Field(default=False, description="Rescan every session and rebuild the cache.")
+    split_strategy: Literal["session", "subject", "dataset"] = Field(
+        default="session",
+        description="Unit kept whole inside one split: a session, a subject, or a whole "
+        "dataset (`heldout_dataset` becomes val and test).",
+    )
+    heldout_dataset: str | None = Field(
+        default=None,
+        description="With split_strategy `dataset`: the dataset name held out for "
+        "validation and test, split 50/50 between them by subject.",
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> DataSplitterConfig:
+        if self.overlap_seconds >= self.example_seconds:
+            raise ValueError(
+                f"overlap_seconds ({self.overlap_seconds}) must be smaller than "
+                f"example_seconds ({self.example_seconds})"
+            )
+        if self.split_strategy == "dataset":
+            if self.heldout_dataset is None:
+                raise ValueError("split_strategy 'dataset' needs heldout_dataset: the name of the dataset to hold out")
+            for key in ("val_ratio", "test_ratio"):
+                if self.explicitly_set(key):
+                    raise ValueError(
+                        f"{key} is not used with split_strategy 'dataset' (the held-out dataset "
+                        "is split 50/50 into val and test); remove it"
+                    )
+        elif self.heldout_dataset is not None:
+            raise ValueError("heldout_dataset is only used with split_strategy 'dataset'; remove it or set the strategy")
+        if self.val_ratio + self.test_ratio >= 1:
+            raise ValueError(
+                f"val_ratio + test_ratio must be below 1 so that training keeps data (got "
+                f"{self.val_ratio} + {self.test_ratio})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- dataloader
+
+
+MIXUP_KEYS = ("mixup_alpha", "mixup_prob", "num_classes", "quantize", "mu", "max_val")
+TEXT_KEYS = ("tokenizer_path", "max_length", "use_separator")
+LOADER_EXTRAS = {"MixupDataLoader": MIXUP_KEYS, "TextDataLoader": TEXT_KEYS}
+
+
+class DataLoaderConfig(Section):
+    """Keyword arguments of the train/val/test loaders, plus the extras of each loader class."""
+
+    batch_size: int = Field(default=1, ge=1, description="Windows per batch for train, val and test.")
+    num_workers: int = Field(default=0, ge=0, description="Worker processes that load batches (0: main process).")
+    prefetch_factor: int | None = Field(
+        default=2, ge=1, description="Batches each worker loads ahead; used only when num_workers > 0."
+    )
+    pin_memory: bool = Field(default=False, description="Put batches in page-locked memory for faster GPU copies.")
+    persistent_workers: bool = Field(
+        default=False, description="Keep workers alive between epochs; needs num_workers > 0."
+    )
+    drop_last: bool = Field(
+        default=False,
+        description="Drop the last incomplete training batch. Validation and test always see every window.",
+    )
+
+    # MixupDataLoader extras.
+    mixup_alpha: float = Field(default=0.0, ge=0, description="MixupDataLoader: alpha of the Beta(alpha, alpha) mixing weight.")
+    mixup_prob: float = Field(default=1.0, ge=0, le=1, description="MixupDataLoader: chance that a batch is mixed.")
+    num_classes: int | None = Field(
+        default=None, ge=1, description="MixupDataLoader: class count for one-hot mixing of integer targets."
+    )
+    quantize: bool = Field(default=False, description="MixupDataLoader: mu-law quantize inputs after mixing.")
+    mu: int = Field(default=255, ge=1, description="MixupDataLoader: mu-law parameter when quantize is true.")
+    max_val: float = Field(default=10.0, gt=0, description="MixupDataLoader: inputs are divided by this before quantizing.")
+
+    # TextDataLoader extras.
+    tokenizer_path: str | None = Field(
+        default=None, description="TextDataLoader (required): folder that holds a trained `tokenizer/`."
+    )
+    max_length: int | None = Field(default=None, ge=1, description="TextDataLoader: truncate sequences to this many tokens.")
+    use_separator: bool = Field(
+        default=True, description="TextDataLoader: put separator tokens between channels and groups."
+    )
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> DataLoaderConfig:
+        if self.persistent_workers and self.num_workers == 0:
+            raise ValueError("persistent_workers needs num_workers > 0; set num_workers or drop persistent_workers")
+        return self
+
+
+# --------------------------------------------------------------------------- lightning
+
+
+class LRSchedulerConfig(BaseModel):
+    """A scheduler from torch.optim.lr_scheduler; unlisted keys go to its constructor."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    class_name: str = Field(description="Class name in torch.optim.lr_scheduler, e.g. CosineAnnealingLR.")
+    interval: Literal["epoch", "step"] = Field(default="epoch", description="Step the scheduler every epoch or every optimizer step.")
+    frequency: int = Field(default=1, ge=1, description="Step the scheduler every this many intervals.")
+    monitor: str | None = Field(default=None, description="Logged metric the scheduler reads (ReduceLROnPlateau).")
+
+    @property
+    def constructor_kwargs(self) -> dict[str, Any]:
+        """The keys that go to the scheduler's constructor."""
+        return dict(self.model_extra or {})
+
+
+class LRWarmupConfig(Section):
+    """Linear learning-rate warmup before the scheduler takes over."""
+
+    steps: int = Field(ge=1, description="Length of the warmup, in intervals.")
+    interval: Literal["epoch", "step"] | None = Field(
+        default=None, description="Warm up per step or per epoch. Default: the scheduler's interval, else `step`."
+    )
+
+
+class ResumeContextConfig(Section):
+    """New context geometry applied to the model with `resize_context` when resuming."""
+
+    input_shape: list[int] | None = Field(default=None, description="New input shape, e.g. [channels, time].")
+    spatial_reduction: int | None = Field(default=None, description="New spatial reduction factor.")
+    temporal_reduction: int | None = Field(default=None, description="New temporal reduction factor.")
+    rope_theta: float | None = Field(default=None, description="New rotary embedding base.")
+    max_position_embeddings: int | None = Field(default=None, description="New maximum sequence length.")
+
+
+class LightningConfig(Section):
+    """Optimizer, schedules and per-step options of LitModel."""
+
+    lr: float = Field(gt=0, description="Learning rate of AdamW.")
+    weight_decay: float = Field(ge=0, description="Weight decay of AdamW.")
+    resume_lr: float | None = Field(default=None, gt=0, description="After resuming, replace the restored learning rate.")
+    resume_weight_decay: float | None = Field(
+        default=None, ge=0, description="After resuming, replace the restored weight decay."
+    )
+    resume_context: ResumeContextConfig | None = Field(
+        default=None, description="After resuming, resize the model's context (needs `resize_context`)."
+    )
+    resume_token_corruption: dict[str, Any] | bool | None = Field(
+        default=None, description="After resuming, replace the token corruption settings; true reuses the model config's."
+    )
+    compile: bool = Field(default=False, description="Wrap the model with torch.compile.")
+    benchmark_train_step: bool = Field(
+        default=False, description="Log perf/train_step_ms every step (synchronizes the device)."
+    )
+    no_decay_verbose: bool = Field(default=False, description="Print the parameters that get no weight decay.")
+    grad_clip_threshold: float = Field(
+        default=1.0, gt=0, description="Gradient norm above which a step counts toward grad_clip_pct."
+    )
+    lr_scheduler: LRSchedulerConfig | None = Field(default=None, description="Learning-rate scheduler.")
+    lr_warmup: LRWarmupConfig | None = Field(
+        default=None, description="Linear warmup: a number of steps, or a mapping with steps and interval."
+    )
+
+    @field_validator("lr_warmup", mode="before")
+    @classmethod
+    def _warmup_from_int(cls, value: Any) -> Any:
+        # The short form `lr_warmup: 500` means 500 warmup steps.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"steps": value}
+        return value
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class EarlyStoppingConfig(Section):
+    """Options of Lightning's EarlyStopping callback."""
+
+    monitor: str = Field(default="val/loss", description="Logged metric to watch.")
+    mode: Literal["min", "max"] = Field(default="min", description="Whether lower or higher is better.")
+    patience: int = Field(default=10, ge=0, description="Checks without improvement before stopping.")
+    min_delta: float = Field(default=0.0, description="Smallest change that counts as an improvement.")
+    check_on_train_epoch_end: bool = Field(default=False, description="Check at the end of the training epoch instead of after validation.")
+    stopping_threshold: float | None = Field(default=None, description="Stop as soon as the metric reaches this value.")
+    divergence_threshold: float | None = Field(default=None, description="Stop as soon as the metric gets worse than this value.")
+    strict: bool | None = Field(default=None, description="Fail when the monitored metric is missing.")
+    verbose: bool | None = Field(default=None, description="Print a message at every check.")
+    check_finite: bool | None = Field(default=None, description="Stop when the metric becomes NaN or infinite.")
+    log_rank_zero_only: bool | None = Field(default=None, description="Print stopping messages from rank zero only.")
+
+
+TRAINER_CUSTOM_KEYS = ("tune_batch_size", "early_stopping", "checkpoint_cadence_epochs", "validate_before_resume", "callbacks")
+
+
+class TrainerConfig(BaseModel):
+    """brain-gen's own trainer keys; every other key goes to pytorch_lightning.Trainer."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    tune_batch_size: bool = Field(default=True, description="Search the largest batch size that fits before training.")
+    early_stopping: EarlyStoppingConfig | None = Field(
+        default=None,
+        description="Early stopping: true for the defaults, a number for the patience, or a mapping of options.",
+    )
+    checkpoint_cadence_epochs: int | None = Field(
+        default=None, ge=1, description="Write last-checkpoint only every this many epochs."
+    )
+    validate_before_resume: bool = Field(default=False, description="Validate the restored weights before training resumes.")
+    callbacks: list[Any] = Field(default_factory=list, description="Extra Lightning callbacks appended to the built-in ones.")
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _early_stopping_short_forms(cls, value: Any) -> Any:
+        # `true` means the defaults, a bare number is the patience, `false` switches it off.
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        if isinstance(value, int):
+            return {"patience": value}
+        return value
+
+    @property
+    def lightning_kwargs(self) -> dict[str, Any]:
+        """The keys handed to pytorch_lightning.Trainer unchanged."""
+        return dict(self.model_extra or {})
+
+    def explicitly_set(self, key: str) -> bool:
+        """Whether the user wrote ``key`` (as opposed to it taking its default)."""
+        return key in self.model_fields_set
+
+
+# --------------------------------------------------------------------------- top level
+
+
+class ExperimentConfig(Section):
+    """A whole training run."""
+
+    save_dir: str = Field(description="Folder that receives logs, checkpoints and the cache.")
+    resume_from: str | None = Field(default=None, description="Checkpoint file to continue training (or testing) from.")
+    model_name: str = Field(description="Model class: a built-in name (ChannelGPT) or an import path.")
+    loss_name: str = Field(description="Loss class: a built-in name (CrossEntropy, MSE) or an import path.")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="model_config",
+        description="Constructor arguments of the model: a mapping, or a path to a YAML file holding one.",
+    )
+    loss: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments of the loss.")
+    experiment_name: str = Field(
+        default="logs", description="Name of the TensorBoard run folder under save_dir (version_N folders go inside)."
+    )
+    dataloader_class: str = Field(
+        default="DataLoader", description="Loader class: DataLoader, MixupDataLoader, TextDataLoader, or an import path."
+    )
+    datasplitter: DataSplitterConfig
+    dataloader: DataLoaderConfig = Field(default_factory=DataLoaderConfig)
+    lightning: LightningConfig
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    eval_runner: dict[str, Any] | None = Field(default=None, description="Automatic evaluation of checkpoints.")
+
+    # `model_config` is a pydantic reserved name, hence the alias above.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_loader_extras(self) -> ExperimentConfig:
+        for owner, keys in LOADER_EXTRAS.items():
+            if self.dataloader_class == owner:
+                continue
+            for key in keys:
+                if self.dataloader.explicitly_set(key):
+                    raise ValueError(
+                        f"dataloader.{key} is only used by {owner}, but dataloader_class is "
+                        f"{self.dataloader_class}; remove the key or set dataloader_class: {owner}"
+                    )
+        if self.dataloader_class == "TextDataLoader" and self.dataloader.tokenizer_path is None:
+            raise ValueError("dataloader.tokenizer_path is required with dataloader_class: TextDataLoader")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data with every default filled in; it loads back to an equal config.
+
+        Keys that do not apply to the chosen loader class or split strategy are left
+        out, since writing them is an error.
+        """
+        # Callback objects passed from Python have no plain-data form; their repr stands in.
+        data = self.model_dump(by_alias=True, mode="json", fallback=repr)
+        for owner, keys in LOADER_EXTRAS.items():
+            if owner != self.dataloader_class:
+                for key in keys:
+                    del data["dataloader"][key]
+        if self.datasplitter.split_strategy == "dataset":
+            del data["datasplitter"]["val_ratio"], data["datasplitter"]["test_ratio"]
+        return data

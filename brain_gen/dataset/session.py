@@ -1,0 +1,217 @@
+"""Read and check sessions stored in the chunked session format.
+
+A session is a folder::
+
+    <session>/meta.json     {"sfreq": 250.0, "ch_names": [...], "pos_2d": [[x, y], ...],
+                             "ch_types": [...] (optional), "subject": "sub-01" (optional)}
+    <session>/<k>.npy       float32 or float16, shape [n_channels, n_samples], k = 0, 1, 2, ...
+    <session>/events.tsv    optional, BIDS-style onset / duration / trial_type
+
+Chunks are memory-mapped and never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brain_gen.config.errors import DataError
+
+CHUNK_NAME = re.compile(r"^(\d+)\.npy$")
+SUBJECT_TOKEN = re.compile(r"(?:^|[_\-/])(sub-[A-Za-z0-9]+)")
+ALLOWED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+# Samples per channel checked for NaN/Inf at a time, to bound memory on long chunks.
+FINITE_CHECK_BLOCK = 1 << 18
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """One chunk file of a session."""
+
+    file_name: str
+    n_samples: int
+    size_bytes: int
+    mtime_ns: int
+
+
+@dataclass
+class SessionInfo:
+    """Everything the splitter needs to know about a session, without its samples."""
+
+    dataset: str
+    name: str
+    path: str
+    sfreq: float
+    ch_names: list[str]
+    pos_2d: list[list[float]]
+    ch_types: list[str] | None
+    subject: str | None
+    chunks: list[ChunkInfo] = field(default_factory=list)
+    # meta.json's modification time, so a cached description can tell it is stale.
+    meta_mtime_ns: int = 0
+
+    @property
+    def key(self) -> str:
+        """Unique name across datasets: ``dataset/session``."""
+        return f"{self.dataset}/{self.name}"
+
+    def chunk_path(self, index: int) -> Path:
+        return Path(self.path) / self.chunks[index].file_name
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionInfo:
+        chunks = [ChunkInfo(**chunk) for chunk in data.pop("chunks")]
+        return cls(**data, chunks=chunks)
+
+
+def subject_from_name(session_name: str) -> str | None:
+    """The ``sub-XXX`` token of a BIDS-like session name, if any."""
+    match = SUBJECT_TOKEN.search(session_name)
+    return match.group(1) if match else None
+
+
+def list_session_dirs(root: Path) -> list[Path]:
+    """Session folders (those holding meta.json) directly under ``root``, sorted by name."""
+    if not root.is_dir():
+        raise DataError(f"datasplitter.dataset_root: folder not found: {root}")
+    sessions = sorted(child for child in root.iterdir() if (child / "meta.json").is_file())
+    if not sessions:
+        raise DataError(
+            f"datasplitter.dataset_root: no session folders with a meta.json in {root}; "
+            "point it at the folder that contains the session folders"
+        )
+    return sessions
+
+
+def list_chunk_files(session_dir: Path) -> list[Path]:
+    """The session's ``<k>.npy`` files ordered by k as a number (10 after 9)."""
+    numbered = []
+    for child in session_dir.iterdir():
+        match = CHUNK_NAME.match(child.name)
+        if match:
+            numbered.append((int(match.group(1)), child))
+    if not numbered:
+        raise DataError(f"{session_dir}: no chunk files named 0.npy, 1.npy, ... in this session")
+    return [path for _, path in sorted(numbered)]
+
+
+def read_meta(session_dir: Path) -> dict[str, Any]:
+    """Read and check meta.json; every problem names the file."""
+    meta_path = session_dir / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{meta_path}: cannot read as JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: must hold a JSON object")
+    for key in ("sfreq", "ch_names", "pos_2d"):
+        if key not in meta:
+            raise DataError(f"{meta_path}: missing key {key!r}")
+    sfreq = meta["sfreq"]
+    if isinstance(sfreq, bool) or not isinstance(sfreq, (int, float)) or not sfreq > 0:
+        raise DataError(f"{meta_path}: sfreq must be a positive number of Hz, got {sfreq!r}")
+    ch_names = meta["ch_names"]
+    if not isinstance(ch_names, list) or not ch_names or not all(isinstance(name, str) for name in ch_names):
+        raise DataError(f"{meta_path}: ch_names must be a non-empty list of strings")
+    if len(set(ch_names)) != len(ch_names):
+        raise DataError(f"{meta_path}: ch_names has duplicates")
+    n_channels = len(ch_names)
+    pos_2d = meta["pos_2d"]
+    try:
+        positions = np.asarray(pos_2d, dtype=np.float64)
+    except (TypeError, ValueError):
+        positions = None
+    if positions is None or positions.shape != (n_channels, 2) or not np.isfinite(positions).all():
+        raise DataError(f"{meta_path}: pos_2d must be {n_channels} finite [x, y] pairs, one per channel")
+    ch_types = meta.get("ch_types")
+    if ch_types is not None and (not isinstance(ch_types, list) or len(ch_types) != n_channels):
+        raise DataError(f"{meta_path}: ch_types must list one type per channel ({n_channels})")
+    subject = meta.get("subject")
+    if subject is not None and not isinstance(subject, str):
+        raise DataError(f"{meta_path}: subject must be a string, got {subject!r}")
+    return {
+        "sfreq": float(sfreq),
+        "ch_names": ch_names,
+        "pos_2d": positions.tolist(),
+        "ch_types": ch_types,
+        "subject": subject,
+    }
+
+
+def open_chunk(path: Path) -> np.ndarray:
+    """Memory-map a chunk file without allowing pickled objects."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc}); re-export this chunk") from exc
+
+
+def check_chunk(path: Path, n_channels: int) -> int:
+    """Check dtype, shape and finiteness of a chunk; return its sample count."""
+    array = open_chunk(path)
+    if array.dtype not in ALLOWED_DTYPES:
+        raise DataError(f"{path}: dtype {array.dtype} is not supported; save chunks as float32 or float16")
+    if array.ndim != 2 or array.shape[0] != n_channels:
+        raise DataError(
+            f"{path}: shape {tuple(array.shape)} does not match meta.json's {n_channels} channels; "
+            "expected [n_channels, n_samples]"
+        )
+    for start in range(0, array.shape[1], FINITE_CHECK_BLOCK):
+        block = array[:, start : start + FINITE_CHECK_BLOCK]
+        if not np.isfinite(block).all():
+            bad_sample = start + int(np.argwhere(~np.isfinite(block))[0, 1])
+            raise DataError(f"{path}: contains NaN or Inf (first at sample {bad_sample}); clean or drop this chunk")
+    return int(array.shape[1])
+
+
+def _chunk_stat(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def scan_session(session_dir: Path, dataset: str, cached: SessionInfo | None = None) -> tuple[SessionInfo, bool]:
+    """Describe a session, reusing ``cached`` when no file changed since it was made.
+
+    Returns the description and whether the session had to be read again.
+    """
+    chunk_files = list_chunk_files(session_dir)
+    if cached is not None and _cache_is_fresh(cached, session_dir, chunk_files):
+        return cached, False
+    meta = read_meta(session_dir)
+    chunks = []
+    for chunk_path in chunk_files:
+        n_samples = check_chunk(chunk_path, len(meta["ch_names"]))
+        size_bytes, mtime_ns = _chunk_stat(chunk_path)
+        chunks.append(ChunkInfo(chunk_path.name, n_samples, size_bytes, mtime_ns))
+    subject = meta["subject"] or subject_from_name(session_dir.name)
+    info = SessionInfo(
+        dataset=dataset,
+        name=session_dir.name,
+        path=str(session_dir),
+        sfreq=meta["sfreq"],
+        ch_names=meta["ch_names"],
+        pos_2d=meta["pos_2d"],
+        ch_types=meta["ch_types"],
+        subject=subject,
+        chunks=chunks,
+        meta_mtime_ns=(session_dir / "meta.json").stat().st_mtime_ns,
+    )
+    return info, True
+
+
+def _cache_is_fresh(cached: SessionInfo, session_dir: Path, chunk_files: list[Path]) -> bool:
+    if [chunk.file_name for chunk in cached.chunks] != [path.name for path in chunk_files]:
+        return False
+    if cached.meta_mtime_ns != (session_dir / "meta.json").stat().st_mtime_ns:
+        return False
+    return all(
+        (chunk.size_bytes, chunk.mtime_ns) == _chunk_stat(path) for chunk, path in zip(cached.chunks, chunk_files)
+    )

@@ -1,0 +1,6 @@
+"""Models: plain nn.Modules, one file per family."""
+
+# Built-in model classes by config name (`model_name`).
+MODELS = {
+    "ChannelGPT": "brain_gen.models.channel_gpt:ChannelGPT",
+}

@@ -1,0 +1,232 @@
+"""ExperimentDL: assemble data, model, loss, LitModel, logger, callbacks and Trainer from a config."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, default_collate
+
+from brain_gen.config.errors import ConfigError
+from brain_gen.config.loading import load_config
+from brain_gen.config.pending import pending_features
+from brain_gen.config.registry import instantiate, resolve_class
+from brain_gen.dataset import DATASETS
+from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
+from brain_gen.losses import LOSSES
+from brain_gen.models import MODELS
+from brain_gen.training.lightning import LitModel
+
+log = logging.getLogger(__name__)
+
+# Loader classes by config name (`dataloader_class`); the names are importable from this module.
+LOADERS = {"DataLoader": f"{__name__}:DataLoader"}
+
+try:  # Lightning >= 2.1 raises this for impossible Trainer settings (e.g. a missing GPU).
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+except ImportError:  # pragma: no cover
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+
+class ExperimentDL:
+    """One experiment: ``ExperimentDL(cfg).train()`` or ``.test()``.
+
+    Args:
+        cfg: a config mapping, or the path of a YAML config file.
+        overrides: ``a.b.c=VALUE`` strings applied on top of the file.
+
+    The config is fully validated here, before any data is read. Data and model
+    are built on first use.
+    """
+
+    def __init__(self, cfg: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None):
+        self.config = load_config(cfg, overrides)
+        resume_from = self.config.resume_from
+        if resume_from not in (None, "last") and not Path(resume_from).is_file():
+            raise ConfigError(f"resume_from: checkpoint not found: {resume_from}")
+        self.save_dir = Path(self.config.save_dir)
+        self.splits: dict[str, Split] | None = None
+        self.datasets: dict[str, Any] = {}
+        self.model: torch.nn.Module | None = None
+        self.lit_model: LitModel | None = None
+        self.trainer: pl.Trainer | None = None
+
+    # ----------------------------------------------------------------- building
+
+    def _stop_on_pending_features(self) -> None:
+        pending = pending_features(self.config)
+        if pending:
+            raise ConfigError(f"not implemented yet: {', '.join(pending)}; remove or switch off these keys")
+
+    def build(self) -> None:
+        """Scan and split the data, build the datasets, the model and the loss (once)."""
+        if self.lit_model is not None:
+            return
+        config = self.config
+        dataset_class = resolve_class("datasplitter.dataset_class", config.datasplitter.dataset_class, DATASETS)
+        model_class = resolve_class("model_name", config.model_name, MODELS)
+        loss_class = resolve_class("loss_name", config.loss_name, LOSSES)
+
+        self.splits = DataSplitter(config.datasplitter, cache_dir=self.save_dir / "cache").split()
+        self.datasets = {
+            name: instantiate("datasplitter.dataset_kwargs", dataset_class, config.datasplitter.dataset_kwargs, split)
+            for name, split in self.splits.items()
+        }
+        self.model = instantiate("model_config", model_class, config.model_kwargs)
+        check_model_fits_data(self.model, self.datasets["train"])
+        loss = instantiate("loss", loss_class, config.loss)
+        self.lit_model = LitModel(self.model, loss, config.lightning, hparams=config.to_dict())
+
+    def dataloader(self, split: str) -> DataLoader | None:
+        """The loader of one split, or None when that split has no windows."""
+        dataset = self.datasets[split]
+        if len(dataset) == 0:
+            return None
+        options = self.config.dataloader
+        loader_class = resolve_class("dataloader_class", self.config.dataloader_class, LOADERS)
+        training = split == "train"
+        kwargs: dict[str, Any] = dict(
+            batch_size=options.batch_size,
+            shuffle=training,
+            # Only training drops the last partial batch: evaluation must see every window.
+            drop_last=options.drop_last and training,
+            num_workers=options.num_workers,
+            pin_memory=options.pin_memory,
+            persistent_workers=options.persistent_workers,
+        )
+        if options.num_workers > 0:
+            kwargs["prefetch_factor"] = options.prefetch_factor
+        return loader_class(dataset, **kwargs)
+
+    def _build_trainer(self, logger: TensorBoardLogger | bool) -> pl.Trainer:
+        trainer_config = self.config.trainer
+        kwargs = trainer_config.lightning_kwargs
+        callbacks: list[pl.Callback] = []
+        if logger and kwargs.get("enable_checkpointing", True) is not False:
+            callbacks.extend(checkpoint_callbacks(Path(logger.log_dir) / "checkpoints"))
+        try:
+            return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
+        except MisconfigurationException as exc:
+            raise ConfigError(f"trainer: {exc}") from exc
+
+    def _start_run(self) -> pl.Trainer:
+        """A Trainer logging into a new version folder, with the resolved config saved there."""
+        self._stop_on_pending_features()
+        if self.config.trainer.tune_batch_size:
+            log.info(
+                "notice: trainer.tune_batch_size is not implemented yet; training with dataloader.batch_size=%d",
+                self.config.dataloader.batch_size,
+            )
+        self.build()
+        logger = TensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name)
+        trainer = self._build_trainer(logger)
+        run_dir = Path(logger.log_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # "x": a run never overwrites another run's files.
+        with open(run_dir / "config.yaml", "x") as handle:
+            yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
+        self.trainer = trainer
+        return trainer
+
+    # ----------------------------------------------------------------- running
+
+    def train(self) -> pl.Trainer:
+        """Fit on the train split, validating on the val split; continue from resume_from if set."""
+        trainer = self._start_run()
+        log.info("run folder: %s", trainer.logger.log_dir)
+        trainer.fit(
+            self.lit_model,
+            train_dataloaders=self.dataloader("train"),
+            val_dataloaders=self.dataloader("val"),
+            ckpt_path=self.config.resume_from,
+        )
+        return trainer
+
+    def test(self) -> list[dict[str, float]]:
+        """Evaluate the test split and log ``test/*``.
+
+        Uses the best checkpoint of a ``train()`` call on this object, else resume_from.
+        """
+        trained = self.trainer is not None and self.trainer.checkpoint_callback is not None
+        checkpoint = self.trainer.checkpoint_callback.best_model_path if trained else None
+        checkpoint = checkpoint or self.config.resume_from
+        if not checkpoint:
+            raise ConfigError("resume_from: testing needs a checkpoint; set resume_from to a .ckpt file")
+        trainer = self.trainer if trained else self._start_run()
+        loader = self.dataloader("test")
+        if loader is None:
+            raise ConfigError("datasplitter.test_ratio: the test split has no windows; raise test_ratio or add data")
+        return trainer.test(self.lit_model, dataloaders=loader, ckpt_path=checkpoint)
+
+    def validate(self) -> dict[str, Any]:
+        """Check config, data, model and Trainer settings without training; return a summary."""
+        self.build()
+        self._build_trainer(logger=False)
+        batch = default_collate([self.datasets["train"][0]])
+        self.lit_model.eval()
+        with torch.no_grad():
+            outputs = self.lit_model(batch[0])
+            self.lit_model.loss_fn(outputs, batch[1], model=self.model)
+        train_split = self.splits["train"]
+        return {
+            "splits": {
+                name: {"sessions": len(self.splits[name].sessions), "windows": len(self.splits[name])}
+                for name in SPLIT_NAMES
+            },
+            "channels": train_split.layout.n_channels,
+            "sfreq": train_split.sfreq,
+            "window_samples": train_split.window_samples,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "pending": pending_features(self.config),
+        }
+
+
+def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
+    """The best (lowest val/loss) and the latest checkpoint, each kept as one file."""
+    best = ModelCheckpoint(
+        dirpath=dirpath,
+        filename="best-checkpoint-epoch={epoch}-step={step}",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=dirpath,
+        filename="last-checkpoint-epoch={epoch}-step={step}",
+        monitor=None,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    return [best, last]
+
+
+def check_model_fits_data(model: torch.nn.Module, dataset: Any) -> None:
+    """Compare the model's declared input geometry with what the dataset produces.
+
+    Models and datasets that expose ``num_channels``, ``vocab_size`` or
+    ``max_position_embeddings`` / ``sequence_length`` are checked, so a mismatch is a
+    one-line config error instead of a shape error deep inside the first step.
+    """
+    model_channels = getattr(model, "num_channels", None)
+    data_channels = getattr(dataset, "num_channels", None)
+    if model_channels is not None and data_channels is not None and model_channels != data_channels:
+        raise ConfigError(f"model_config.num_channels: {model_channels}, but the data has {data_channels} channels; set it to {data_channels}")
+    model_vocab = getattr(model, "vocab_size", None)
+    data_vocab = getattr(dataset, "vocab_size", None)
+    if model_vocab is not None and data_vocab is not None and model_vocab < data_vocab:
+        raise ConfigError(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes (mu + 1); set it to {data_vocab}")
+    model_positions = getattr(model, "max_position_embeddings", None)
+    data_length = getattr(dataset, "sequence_length", None)
+    if model_positions is not None and data_length is not None and model_positions < data_length:
+        raise ConfigError(
+            f"model_config.max_position_embeddings: {model_positions}, but windows are {data_length} steps long; "
+            f"raise it to at least {data_length} or shorten datasplitter.example_seconds"
+        )
