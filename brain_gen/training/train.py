@@ -74,15 +74,17 @@ class ExperimentDL:
         model_class = resolve_class("model_name", config.model_name, MODELS)
         loss_class = resolve_class("loss_name", config.loss_name, LOSSES)
 
+        # Model and loss first: their config mistakes surface before any data is read.
+        model = instantiate("model_config", model_class, config.model_kwargs)
+        loss = instantiate("loss", loss_class, config.loss)
         self.splits = DataSplitter(config.datasplitter, cache_dir=self.save_dir / "cache").split()
         self.datasets = {
             name: instantiate("datasplitter.dataset_kwargs", dataset_class, config.datasplitter.dataset_kwargs, split)
             for name, split in self.splits.items()
         }
-        self.model = instantiate("model_config", model_class, config.model_kwargs)
-        check_model_fits_data(self.model, self.datasets["train"])
-        loss = instantiate("loss", loss_class, config.loss)
-        self.lit_model = LitModel(self.model, loss, config.lightning, hparams=config.to_dict())
+        check_model_fits_data(model, self.datasets["train"])
+        self.model = model
+        self.lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
 
     def dataloader(self, split: str) -> DataLoader | None:
         """The loader of one split, or None when that split has no windows."""
@@ -124,9 +126,10 @@ class ExperimentDL:
                 "notice: trainer.tune_batch_size is not implemented yet; training with dataloader.batch_size=%d",
                 self.config.dataloader.batch_size,
             )
-        self.build()
         logger = TensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name)
+        # The Trainer checks accelerator, devices and precision: before data is read.
         trainer = self._build_trainer(logger)
+        self.build()
         run_dir = Path(logger.log_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         # "x": a run never overwrites another run's files.
@@ -167,8 +170,8 @@ class ExperimentDL:
 
     def validate(self) -> dict[str, Any]:
         """Check config, data, model and Trainer settings without training; return a summary."""
-        self.build()
         self._build_trainer(logger=False)
+        self.build()
         batch = default_collate([self.datasets["train"][0]])
         self.lit_model.eval()
         with torch.no_grad():

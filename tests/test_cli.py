@@ -1,0 +1,124 @@
+"""Every kind of bad input ends the CLI with one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from brain_gen.cli import main
+from tests.conftest import tiny_config
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_dataset):
+    """Write a tiny config with changes: ``config_file(lambda config: ...)`` -> path."""
+
+    def write(change=None, name="config.yaml"):
+        config = tiny_config(tmp_path / "runs", tiny_dataset)
+        if change:
+            change(config)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def corrupt_first_chunk(dataset_root, array):
+    session = sorted(dataset_root.iterdir())[0]
+    np.save(session / "0.npy", array)
+    return session / "0.npy"
+
+
+@pytest.mark.parametrize(
+    "change, command, expected",
+    [
+        (lambda c: c["lightning"].update(lr_sheduler={}), "train", "lightning.lr_sheduler: unknown key (did you mean lr_scheduler?)"),
+        (lambda c: c["lightning"].update(lr="fast"), "validate", "lightning.lr: input should be a valid number"),
+        (lambda c: c["trainer"].update(max_epoch=2), "train", "trainer.max_epoch: unknown key (did you mean max_epochs?)"),
+        (lambda c: c["trainer"].update(accelerator="cuda"), "train", "trainer: `CUDAAccelerator` can not run on your system"),
+        (lambda c: c.update(model_name="ChanelGPT"), "train", "model_name: unknown name 'ChanelGPT' (did you mean ChannelGPT?)"),
+        (lambda c: c.update(model_name="nowhere.module:Model"), "validate", "model_name: cannot import 'nowhere.module:Model'"),
+        (lambda c: c["model_config"].update(d_modle=8), "train", "model_config.d_modle: not an argument of ChannelGPT (did you mean d_model?)"),
+        (lambda c: c["model_config"].update(n_heads=3), "validate", "model_config: ChannelGPT rejected its arguments: d_model (32) must split into 3 heads"),
+        (lambda c: c["model_config"].update(num_channels=5), "train", "model_config.num_channels: 5, but the data has 4 channels; set it to 4"),
+        (lambda c: c["model_config"].update(vocab_size=16), "train", "model_config.vocab_size: 16, but the data has 256 codes"),
+        (lambda c: c["model_config"].update(max_position_embeddings=8), "train", "model_config.max_position_embeddings: 8, but windows are 49 steps long"),
+        (lambda c: c["datasplitter"].update(dataset_kwargs={"mu_": 3}), "train", "datasplitter.dataset_kwargs.mu_: not an argument of ChunkDataset (did you mean mu?)"),
+        (lambda c: c["datasplitter"].update(dataset_root="/no/such/folder"), "train", "datasplitter.dataset_root: folder not found: /no/such/folder"),
+        (lambda c: c.update(resume_from="missing.ckpt"), "train", "resume_from: checkpoint not found:"),
+        (lambda c: c["trainer"].update(early_stopping=3), "train", "not implemented yet: trainer.early_stopping"),
+        (lambda c: None, "test", "resume_from: testing needs a checkpoint"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(capsys, config_file, change, command, expected):
+    code, err = run_cli(capsys, command, str(config_file(change)))
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("brain-gen: error: ")
+    assert expected in err[0]
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.array([[np.nan] * 4] * 4, np.float32), "contains NaN or Inf"),
+        (np.ones((3, 100), np.float32), "shape (3, 100) does not match meta.json's 4 channels"),
+    ],
+)
+def test_bad_data_exits_2_with_one_line_naming_the_file(capsys, config_file, tiny_dataset, array, expected):
+    chunk = corrupt_first_chunk(tiny_dataset, array)
+    code, err = run_cli(capsys, "train", str(config_file()))
+    assert code == 2 and len(err) == 1
+    assert str(chunk) in err[0] and expected in err[0]
+    # Stopped before a run folder was made.
+    assert not list((tiny_dataset.parent / "runs").glob("logs/version_*"))
+
+
+def test_missing_and_broken_config_files(capsys, tmp_path):
+    code, err = run_cli(capsys, "train", str(tmp_path / "none.yaml"))
+    assert code == 2 and err == [f"brain-gen: error: config: file not found: {tmp_path / 'none.yaml'}"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer: {max_epochs: 2\n")
+    code, err = run_cli(capsys, "validate", str(broken))
+    assert code == 2 and len(err) == 1 and "invalid YAML" in err[0]
+
+
+def test_bad_override_and_usage_errors(capsys, config_file):
+    code, err = run_cli(capsys, "train", str(config_file()), "--set", "trainer.max_epochs")
+    assert code == 2 and len(err) == 1 and "--set expects KEY=VALUE" in err[0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fly"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid choice: 'fly'" in err[0]
+
+
+def test_debug_shows_the_traceback(capsys, config_file):
+    from brain_gen.config.errors import ConfigError
+
+    path = config_file(lambda c: c["lightning"].update(lr_sheduler={}))
+    with pytest.raises(ConfigError):
+        main(["train", str(path), "--debug"])
+    with pytest.raises(ConfigError):
+        main(["--debug", "validate", str(path)])
+
+
+def test_installed_command_prints_one_line_and_exits_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "brain_gen", "validate", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"brain-gen: error: config: file not found: {tmp_path / 'missing.yaml'}"]
+    assert result.stdout == ""

@@ -1,0 +1,70 @@
+"""ChannelGPT and the losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from brain_gen.losses.next_step import MSE, CrossEntropy
+from brain_gen.models.channel_gpt import ChannelGPT
+
+
+def small_model(**overrides):
+    options = dict(vocab_size=32, num_channels=3, d_model=16, n_layers=2, n_heads=2, max_position_embeddings=20)
+    options.update(overrides)
+    torch.manual_seed(0)
+    return ChannelGPT(**options).eval()
+
+
+def test_output_shape_is_batch_channels_time_vocab():
+    codes = torch.randint(0, 32, (4, 3, 11))
+    assert small_model()(codes).shape == (4, 3, 11, 32)
+
+
+def test_predictions_never_see_the_future():
+    model = small_model()
+    codes = torch.randint(0, 32, (1, 3, 12))
+    changed = codes.clone()
+    changed[..., 8:] = (changed[..., 8:] + 5) % 32
+    with torch.no_grad():
+        before, after = model(codes), model(changed)
+    assert torch.allclose(before[..., :8, :], after[..., :8, :], atol=1e-6)
+    assert not torch.allclose(before[..., 8:, :], after[..., 8:, :])
+
+
+def test_channels_are_told_apart_by_their_embedding():
+    model = small_model()
+    same = torch.full((1, 3, 5), 7)
+    with torch.no_grad():
+        logits = model(same)
+    assert not torch.allclose(logits[0, 0], logits[0, 1])
+
+
+def test_bad_geometry_is_reported():
+    with pytest.raises(ValueError, match="heads of even size"):
+        ChannelGPT(d_model=10, n_heads=4)
+    with pytest.raises(ValueError, match="built for 3 channels"):
+        small_model()(torch.zeros(1, 4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings=20"):
+        small_model()(torch.zeros(1, 3, 21, dtype=torch.long))
+
+
+def test_cross_entropy_of_uniform_logits_is_log_vocab():
+    logits = torch.zeros(2, 3, 4, 10)
+    targets = torch.randint(0, 10, (2, 3, 4))
+    targets[0, 1] = -100
+    loss = CrossEntropy()
+    assert loss(logits, targets).item() == pytest.approx(math.log(10))
+    perfect = torch.nn.functional.one_hot(targets.clamp(min=0), 10).float() * 50
+    assert loss.metrics["accuracy"](perfect, targets).item() == 1.0
+
+
+def test_mse_skips_nan_targets():
+    outputs = torch.zeros(2, 2, 3)
+    targets = torch.full((2, 2, 3), 2.0)
+    targets[:, 0] = float("nan")
+    loss = MSE()
+    assert loss(outputs, targets).item() == pytest.approx(4.0)
+    assert loss.metrics["mae"](outputs, targets).item() == pytest.approx(2.0)

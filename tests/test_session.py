@@ -1,0 +1,65 @@
+"""Reading and checking the chunked session format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from brain_gen.config.errors import DataError
+from brain_gen.dataset.session import list_chunk_files, scan_session, subject_from_name
+from tests.conftest import write_constant_session
+
+
+def test_chunks_are_ordered_by_number_not_text(tmp_path):
+    session = write_constant_session(tmp_path / "s", [5] * 12)
+    names = [path.name for path in list_chunk_files(session)]
+    assert names == [f"{k}.npy" for k in range(12)]
+    info, was_read = scan_session(session, "d")
+    assert was_read and [chunk.file_name for chunk in info.chunks][9:] == ["9.npy", "10.npy", "11.npy"]
+
+
+def test_scan_reads_meta_and_subject(tmp_path):
+    info, _ = scan_session(write_constant_session(tmp_path / "sub-07_ses-2", [4, 6]), "ds")
+    assert info.sfreq == 10.0 and info.ch_names == ["A", "B"] and info.key == "ds/sub-07_ses-2"
+    assert [chunk.n_samples for chunk in info.chunks] == [4, 6]
+    assert info.subject == "sub-07"
+    assert subject_from_name("rest_sub-12_run-1") == "sub-12" and subject_from_name("session3") is None
+    meta_subject, _ = scan_session(write_constant_session(tmp_path / "sub-01", [4], subject="P9"), "ds")
+    assert meta_subject.subject == "P9"
+
+
+def test_float16_chunks_are_accepted(tmp_path):
+    session = write_constant_session(tmp_path / "s", [4])
+    np.save(session / "1.npy", np.ones((2, 3), dtype=np.float16))
+    info, _ = scan_session(session, "d")
+    assert [chunk.n_samples for chunk in info.chunks] == [4, 3]
+
+
+@pytest.mark.parametrize(
+    "break_it, expected",
+    [
+        (lambda s: (s / "0.npy").write_bytes(b"not numpy at all"), "0.npy: not a readable .npy array"),
+        (lambda s: (s / "0.npy").write_bytes((s / "0.npy").read_bytes()[:-8]), "0.npy: not a readable .npy array"),
+        (lambda s: np.save(s / "0.npy", np.ones((3, 5), np.float32)), "0.npy: shape (3, 5) does not match meta.json's 2 channels"),
+        (lambda s: np.save(s / "0.npy", np.ones(5, np.float32)), "0.npy: shape (5,) does not match"),
+        (lambda s: np.save(s / "0.npy", np.ones((2, 5), np.int32)), "0.npy: dtype int32 is not supported"),
+        (lambda s: np.save(s / "0.npy", np.array([[1.0, np.nan], [0, 0]], np.float32)), "0.npy: contains NaN or Inf (first at sample 1)"),
+        (lambda s: np.save(s / "0.npy", np.array([[1.0, 0], [np.inf, 0]], np.float32)), "0.npy: contains NaN or Inf (first at sample 0)"),
+        (lambda s: np.save(s / "0.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True), "0.npy: not a readable .npy array"),
+        (lambda s: (s / "meta.json").write_text("{oops"), "meta.json: cannot read as JSON"),
+        (lambda s: (s / "meta.json").write_text(json.dumps({"sfreq": 10, "ch_names": ["A", "B"]})), "meta.json: missing key 'pos_2d'"),
+        (lambda s: (s / "meta.json").write_text(json.dumps({"sfreq": -1, "ch_names": ["A", "B"], "pos_2d": [[0, 0], [1, 0]]})), "sfreq must be a positive number"),
+        (lambda s: (s / "meta.json").write_text(json.dumps({"sfreq": 10, "ch_names": ["A", "A"], "pos_2d": [[0, 0], [1, 0]]})), "ch_names has duplicates"),
+        (lambda s: (s / "meta.json").write_text(json.dumps({"sfreq": 10, "ch_names": ["A", "B"], "pos_2d": [[0, 0]]})), "pos_2d must be 2 finite [x, y] pairs"),
+        (lambda s: [p.unlink() for p in s.glob("*.npy")], "no chunk files named 0.npy"),
+    ],
+)
+def test_bad_files_are_errors_naming_the_file(tmp_path, break_it, expected):
+    session = write_constant_session(tmp_path / "s", [5])
+    break_it(session)
+    with pytest.raises(DataError) as caught:
+        scan_session(session, "d")
+    assert expected in str(caught.value)
+    assert str(session) in str(caught.value)
