@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -108,7 +109,8 @@ def run_demo(args: argparse.Namespace) -> None:
     print()
     print(f"demo config:  {config_path}")
     if val_loss is not None:
-        print(f"final val/loss: {float(val_loss):.4f}")
+        chance = math.log(experiment.config.model_kwargs["vocab_size"])
+        print(f"final val/loss: {float(val_loss):.4f} (guessing uniformly over the codes scores {chance:.4f})")
     print(f"TensorBoard logs: {run_dir}")
     print(f"checkpoints:      {run_dir / 'checkpoints'}")
     print(f"open TensorBoard with: tensorboard --logdir {experiment.save_dir}")

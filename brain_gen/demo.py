@@ -81,7 +81,7 @@ def make_synthetic_dataset(
     for session in range(n_sessions):
         sources = np.stack([resonant_noise(n_samples, sfreq, f, r, rng) for f, r in SOURCE_RHYTHMS])
         sources /= sources.std(axis=1, keepdims=True)
-        data = lead_field @ sources + 0.3 * rng.standard_normal((n_channels, n_samples))
+        data = lead_field @ sources + 0.1 * rng.standard_normal((n_channels, n_samples))
         data = (data - data.mean(axis=1, keepdims=True)) / data.std(axis=1, keepdims=True)
         subject = f"sub-{session // sessions_per_subject:02d}"
         chunk_samples = int(chunk_seconds * sfreq)
@@ -121,9 +121,9 @@ def demo_config() -> dict[str, Any]:
             "split_strategy": "subject",
         },
         "dataloader": {"batch_size": 16},
-        "lightning": {"lr": 1.0e-3, "weight_decay": 0.01},
+        "lightning": {"lr": 3.0e-3, "weight_decay": 0.01},
         "trainer": {
-            "max_epochs": 4,
+            "max_epochs": 3,
             "accelerator": "cpu",
             "devices": 1,
             "log_every_n_steps": 10,
