@@ -61,8 +61,8 @@ def make_synthetic_dataset(
     n_sessions: int = 10,
     n_channels: int = 8,
     sfreq: float = 100.0,
-    session_seconds: float = 120.0,
-    chunk_seconds: float = 40.0,
+    session_seconds: float = 90.0,
+    chunk_seconds: float = 30.0,
     sessions_per_subject: int = 2,
     seed: int = 0,
 ) -> Path:

@@ -66,6 +66,11 @@ def tiny_config(save_dir: Path, dataset_root: Path, **sections: Any) -> dict[str
             "enable_model_summary": False,
         },
     }
+    return with_changes(config, **sections)
+
+
+def with_changes(config: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    """Merge mappings into existing sections of ``config``; set every other value."""
     for section, values in sections.items():
         if isinstance(values, dict) and isinstance(config.get(section), dict):
             config[section].update(values)

@@ -122,3 +122,20 @@ def test_installed_command_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"brain-gen: error: config: file not found: {tmp_path / 'missing.yaml'}"]
     assert result.stdout == ""
+
+
+def test_demo_generates_data_trains_and_never_overwrites(tmp_path, capsys):
+    quick = ["--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=2", "--set", "trainer.limit_val_batches=2"]
+    assert main(["demo", "--out", str(tmp_path / "demo"), *quick]) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "demo" / "runs" / "logs" / "version_0"
+    assert f"TensorBoard logs: {run_dir}" in out and f"checkpoints:      {run_dir / 'checkpoints'}" in out
+    assert f"tensorboard --logdir {tmp_path / 'demo' / 'runs'}" in out and "final val/loss:" in out
+    assert len(list((tmp_path / "demo" / "data").iterdir())) == 10
+    assert list((run_dir / "checkpoints").glob("last-checkpoint*.ckpt"))
+
+    chunk = next((tmp_path / "demo" / "data").glob("*/0.npy"))
+    stamp = chunk.stat().st_mtime_ns
+    assert main(["demo", "--out", str(tmp_path / "demo"), *quick]) == 0
+    assert "generating the demo dataset" not in capsys.readouterr().out
+    assert chunk.stat().st_mtime_ns == stamp and (run_dir.parent / "version_1" / "config.yaml").is_file()

@@ -11,7 +11,7 @@ from brain_gen.config.errors import ConfigError
 from brain_gen.config.loading import load_config
 from brain_gen.config.schema import ExperimentConfig
 from brain_gen.training.train import ExperimentDL
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, with_changes
 
 
 def minimal(**sections):
@@ -22,12 +22,7 @@ def minimal(**sections):
         "datasplitter": {"dataset_root": "data", "example_seconds": 1.0},
         "lightning": {"lr": 1e-3, "weight_decay": 0.1},
     }
-    for section, values in sections.items():
-        if isinstance(values, dict) and isinstance(config.get(section), dict):
-            config[section].update(values)
-        else:
-            config[section] = values
-    return config
+    return with_changes(config, **sections)
 
 
 def error_of(config, overrides=None) -> str:

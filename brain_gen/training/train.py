@@ -126,7 +126,7 @@ class ExperimentDL:
                 "notice: trainer.tune_batch_size is not implemented yet; training with dataloader.batch_size=%d",
                 self.config.dataloader.batch_size,
             )
-        logger = TensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name)
+        logger = TensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name, default_hp_metric=False)
         # The Trainer checks accelerator, devices and precision: before data is read.
         trainer = self._build_trainer(logger)
         self.build()
