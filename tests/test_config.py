@@ -170,10 +170,6 @@ def test_resolved_config_loads_back_equal(changes):
 @pytest.mark.parametrize(
     "section, key, value, reported",
     [
-        ("lightning", "lr_warmup", 10, "lightning.lr_warmup"),
-        ("lightning", "compile", True, "lightning.compile"),
-        ("lightning", "resume_lr", 1e-4, "lightning.resume_lr"),
-        ("lightning", "grad_clip_threshold", 2.0, "lightning.grad_clip_threshold"),
         ("trainer", "early_stopping", {"patience": 2}, "trainer.early_stopping"),
         ("trainer", "callbacks", ["LearningRateMonitor"], "trainer.callbacks"),
         ("trainer", "validate_before_resume", True, "trainer.validate_before_resume"),

@@ -22,9 +22,12 @@ class DataError(BrainGenError):
     """A dataset file is missing, corrupt or inconsistent with its metadata."""
 
 
-def did_you_mean(name: str, choices) -> str:
-    """A ' (did you mean X?)' hint naming the closest choice, or '' when none is close."""
+def did_you_mean(name: str, choices, n: int = 1) -> str:
+    """A ' (did you mean X?)' hint naming the closest choices (up to ``n``), or '' when none is close."""
     import difflib
 
-    matches = difflib.get_close_matches(str(name), [str(choice) for choice in choices], n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]}?)" if matches else ""
+    matches = difflib.get_close_matches(str(name), [str(choice) for choice in choices], n=n, cutoff=0.6)
+    if not matches:
+        return ""
+    listed = matches[0] if len(matches) == 1 else f"{', '.join(matches[:-1])} or {matches[-1]}"
+    return f" (did you mean {listed}?)"

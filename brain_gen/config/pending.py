@@ -12,22 +12,11 @@ from brain_gen.config.schema import ExperimentConfig
 
 def pending_features(config: ExperimentConfig) -> list[str]:
     """The keys of ``config`` that ask for behaviour brain-gen does not have yet."""
-    lightning, trainer = config.lightning, config.trainer
+    trainer = config.trainer
     asks = {
         f"dataloader_class: {config.dataloader_class}": config.dataloader_class in ("MixupDataLoader", "TextDataLoader"),
         "resume_from: last": config.resume_from == "last",
         "eval_runner": config.eval_runner is not None,
-        "lightning.resume_lr": lightning.resume_lr is not None,
-        "lightning.resume_weight_decay": lightning.resume_weight_decay is not None,
-        "lightning.resume_context": lightning.resume_context is not None,
-        "lightning.resume_token_corruption": lightning.resume_token_corruption not in (None, False),
-        "lightning.compile": lightning.compile,
-        "lightning.benchmark_train_step": lightning.benchmark_train_step,
-        "lightning.no_decay_verbose": lightning.no_decay_verbose,
-        # The threshold only matters for grad_clip_pct logging, which is not there yet.
-        "lightning.grad_clip_threshold": lightning.explicitly_set("grad_clip_threshold"),
-        "lightning.lr_scheduler": lightning.lr_scheduler is not None,
-        "lightning.lr_warmup": lightning.lr_warmup is not None,
         "trainer.early_stopping": trainer.early_stopping is not None,
         "trainer.checkpoint_cadence_epochs": trainer.checkpoint_cadence_epochs is not None,
         "trainer.validate_before_resume": trainer.validate_before_resume,

@@ -42,37 +42,42 @@ def resolve_class(key: str, name: str, builtins: Mapping[str, str]):
     )
 
 
-def instantiate(key: str, cls, kwargs: Mapping, *args):
-    """Call ``cls(*args, **kwargs)``, checking ``kwargs`` against its signature first.
+def check_arguments(key: str, cls, kwargs: Mapping, n_positional: int = 0) -> list[str]:
+    """Problems with calling ``cls(<n_positional args>, **kwargs)``, each naming ``key.ARG``.
 
-    ``key`` is the config key that holds ``kwargs`` (e.g. ``model_config``), so that a
-    misspelt or missing argument is reported as ``model_config.d_modle``. A
-    ValueError raised by the constructor is a config problem too.
+    Unknown argument names (with the closest valid one) and missing required
+    arguments are found from the signature, without calling anything.
     """
     import inspect
 
     try:
         signature = inspect.signature(cls)
     except (TypeError, ValueError):
-        signature = None
-    if signature is not None:
-        parameters = list(signature.parameters.values())[len(args) :]
-        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-        names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        problems = []
-        if not accepts_any:
-            for name in kwargs:
-                if name not in names:
-                    problems.append(f"{key}.{name}: not an argument of {cls.__name__}{did_you_mean(name, names)}")
-        for parameter in parameters:
-            if (
-                parameter.default is inspect.Parameter.empty
-                and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
-                and parameter.name not in kwargs
-            ):
-                problems.append(f"{key}.{parameter.name}: required by {cls.__name__}")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        return []
+    parameters = list(signature.parameters.values())[n_positional:]
+    named_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [p.name for p in parameters if p.kind in named_kinds]
+    problems = []
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        for name in kwargs:
+            if name not in names:
+                problems.append(f"{key}.{name}: not an argument of {cls.__name__}{did_you_mean(name, names)}")
+    for parameter in parameters:
+        if parameter.kind in named_kinds and parameter.default is inspect.Parameter.empty and parameter.name not in kwargs:
+            problems.append(f"{key}.{parameter.name}: required by {cls.__name__}")
+    return problems
+
+
+def instantiate(key: str, cls, kwargs: Mapping, *args):
+    """Call ``cls(*args, **kwargs)``, checking ``kwargs`` against its signature first.
+
+    ``key`` is the config key that holds ``kwargs`` (e.g. ``model_config``), so that a
+    misspelt or missing argument is reported as ``model_config.d_modle``. A
+    ValueError or TypeError raised by the constructor is a config problem too.
+    """
+    problems = check_arguments(key, cls, kwargs, len(args))
+    if problems:
+        raise ConfigError("; ".join(problems))
     try:
         return cls(*args, **kwargs)
     except (ValueError, TypeError) as exc:

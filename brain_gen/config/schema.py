@@ -165,7 +165,9 @@ class LRWarmupConfig(Section):
 
     steps: int = Field(ge=1, description="Length of the warmup, in intervals.")
     interval: Literal["epoch", "step"] | None = Field(
-        default=None, description="Warm up per step or per epoch. Default: the scheduler's interval, else `step`."
+        default=None,
+        description="Warm up per `step` or per `epoch`. Warmup and scheduler step together: an interval "
+        "written on the scheduler wins, else this one applies to both; default: the scheduler's, else `step`.",
     )
 
 
@@ -214,6 +216,51 @@ class LightningConfig(Section):
         if isinstance(value, int) and not isinstance(value, bool):
             return {"steps": value}
         return value
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> LightningConfig:
+        scheduler, warmup = self.lr_scheduler, self.lr_warmup
+        plateau = scheduler is not None and scheduler.class_name == "ReduceLROnPlateau"
+        if plateau and scheduler.monitor is None:
+            raise ValueError("lr_scheduler.monitor is required by ReduceLROnPlateau; name a logged metric such as val/loss")
+        if warmup is not None and plateau:
+            raise ValueError("lr_warmup cannot be combined with ReduceLROnPlateau; remove one of them")
+        if (
+            warmup is not None
+            and scheduler is not None
+            and warmup.interval is not None
+            and "interval" in scheduler.model_fields_set
+            and warmup.interval != scheduler.interval
+        ):
+            raise ValueError(
+                f"lr_warmup.interval ({warmup.interval}) differs from lr_scheduler.interval ({scheduler.interval}); "
+                "warmup and schedule step together, so use one interval or leave one of them out"
+            )
+        return self
+
+    @property
+    def schedule_interval(self) -> Literal["epoch", "step"]:
+        """How often warmup and scheduler step: they always step together.
+
+        An interval written on the scheduler wins, then one written on the warmup, then
+        the scheduler's default (`epoch`); a warmup alone steps per `step`.
+        """
+        scheduler, warmup = self.lr_scheduler, self.lr_warmup
+        if scheduler is not None and "interval" in scheduler.model_fields_set:
+            return scheduler.interval
+        if warmup is not None and warmup.interval is not None:
+            return warmup.interval
+        return scheduler.interval if scheduler is not None else "step"
+
+    def resume_keys_set(self) -> list[str]:
+        """The resume_* keys that ask for something."""
+        asked = {
+            "resume_lr": self.resume_lr is not None,
+            "resume_weight_decay": self.resume_weight_decay is not None,
+            "resume_context": self.resume_context is not None,
+            "resume_token_corruption": self.resume_token_corruption not in (None, False),
+        }
+        return [key for key, is_set in asked.items() if is_set]
 
 
 # --------------------------------------------------------------------------- trainer
@@ -320,6 +367,13 @@ class ExperimentConfig(Section):
                     )
         if self.dataloader_class == "TextDataLoader" and self.dataloader.tokenizer_path is None:
             raise ValueError("dataloader.tokenizer_path is required with dataloader_class: TextDataLoader")
+        return self
+
+    @model_validator(mode="after")
+    def _check_resume_keys(self) -> ExperimentConfig:
+        if self.resume_from is None:
+            for key in self.lightning.resume_keys_set():
+                raise ValueError(f"lightning.{key} only applies when resuming; set resume_from or remove the key")
         return self
 
     def to_dict(self) -> dict[str, Any]:

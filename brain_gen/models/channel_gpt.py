@@ -8,6 +8,9 @@ the number of channels.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +28,34 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     even, odd = x[..., 0::2], x[..., 1::2]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
+
+
+@dataclass
+class TokenCorruption:
+    """Replace a share ``p`` of input codes with uniformly random codes while training.
+
+    A regulariser: the model learns not to trust every input code. Never applied in eval.
+    """
+
+    enabled: bool = True
+    p: float = 0.1
+    mode: str = "random"
+
+    def __post_init__(self):
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"token corruption p must be in [0, 1], got {self.p}")
+        if self.mode != "random":
+            raise ValueError(f"token corruption mode {self.mode!r} is not supported; use 'random'")
+
+    @classmethod
+    def from_mapping(cls, settings: dict[str, Any] | None) -> TokenCorruption:
+        if settings is None:
+            return cls(enabled=False, p=0.0)
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"unknown token corruption key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**settings)
 
 
 class CausalSelfAttention(nn.Module):
@@ -75,6 +106,9 @@ class ChannelGPT(nn.Module):
         dropout: dropout probability in attention and MLP outputs.
         max_position_embeddings: longest sequence (time steps) the model accepts.
         rope_theta: base of the rotary position encoding frequencies.
+        token_corruption_cfg: ``{enabled, p, mode}``: while training, replace a share
+            ``p`` of the input codes with random codes (mode ``random``). Off by default.
+            The settings in force are saved in checkpoints.
 
     Input: int64 codes ``[B, C, T]``. Output: logits ``[B, C, T, vocab_size]``.
     """
@@ -89,6 +123,7 @@ class ChannelGPT(nn.Module):
         dropout: float = 0.0,
         max_position_embeddings: int = 1024,
         rope_theta: float = 10000.0,
+        token_corruption_cfg: dict[str, Any] | None = None,
     ):
         super().__init__()
         if d_model % n_heads or (d_model // n_heads) % 2:
@@ -100,6 +135,9 @@ class ChannelGPT(nn.Module):
         self.num_channels = num_channels
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
+        self.head_dim = d_model // n_heads
+        self.configured_token_corruption = TokenCorruption.from_mapping(token_corruption_cfg)
+        self.token_corruption = self.configured_token_corruption
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.channel_embedding = nn.Embedding(num_channels, d_model)
         self.dropout = nn.Dropout(dropout)
@@ -108,10 +146,71 @@ class ChannelGPT(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         # Tied input and output embeddings: fewer parameters, and it trains faster.
         self.head.weight = self.token_embedding.weight
-        cos, sin = rotary_tables(max_position_embeddings, d_model // n_heads, rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self._set_rotary_tables()
         self.apply(self._init_weights)
+
+    def _set_rotary_tables(self) -> None:
+        device = self.token_embedding.weight.device
+        cos, sin = rotary_tables(self.max_position_embeddings, self.head_dim, self.rope_theta)
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    def resize_context(
+        self,
+        input_shape: list[int] | None = None,
+        rope_theta: float | None = None,
+        max_position_embeddings: int | None = None,
+    ) -> None:
+        """Change the context the model accepts, keeping every learned weight.
+
+        Args:
+            input_shape: ``[channels, time]`` of the new windows; the channel count
+                must stay the same, and the model will accept ``time`` steps.
+            rope_theta: new base of the rotary frequencies.
+            max_position_embeddings: new longest sequence.
+        """
+        if input_shape is not None:
+            if len(input_shape) != 2:
+                raise ValueError(f"input_shape must be [channels, time], got {input_shape}")
+            channels, steps = input_shape
+            if channels != self.num_channels:
+                raise ValueError(
+                    f"input_shape has {channels} channels but ChannelGPT has {self.num_channels} learned "
+                    "channel embeddings; the channel count cannot change on resume"
+                )
+            if max_position_embeddings is not None and max_position_embeddings < steps:
+                raise ValueError(f"max_position_embeddings ({max_position_embeddings}) is below input_shape's {steps} steps")
+            max_position_embeddings = max_position_embeddings or max(self.max_position_embeddings, steps)
+        if max_position_embeddings is not None:
+            if max_position_embeddings < 1:
+                raise ValueError(f"max_position_embeddings must be at least 1, got {max_position_embeddings}")
+            self.max_position_embeddings = int(max_position_embeddings)
+        if rope_theta is not None:
+            if not rope_theta > 0:
+                raise ValueError(f"rope_theta must be positive, got {rope_theta}")
+            self.rope_theta = float(rope_theta)
+        self._set_rotary_tables()
+
+    def update_token_corruption_cfg(self, settings: dict[str, Any] | None) -> None:
+        """Replace the token corruption settings; None restores those given to the constructor."""
+        if settings is None:
+            self.token_corruption = self.configured_token_corruption
+        else:
+            self.token_corruption = TokenCorruption.from_mapping(settings)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"token_corruption_cfg": asdict(self.token_corruption)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.token_corruption = TokenCorruption.from_mapping(state["token_corruption_cfg"])
+
+    def corrupt(self, codes: torch.Tensor) -> torch.Tensor:
+        """Training-time corruption of the input codes (identity in eval or when off)."""
+        settings = self.token_corruption
+        if not (self.training and settings.enabled and settings.p > 0):
+            return codes
+        replace = torch.rand(codes.shape, device=codes.device) < settings.p
+        return torch.where(replace, torch.randint_like(codes, self.vocab_size), codes)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -127,7 +226,7 @@ class ChannelGPT(nn.Module):
         if time > self.max_position_embeddings:
             raise ValueError(f"sequence of {time} steps exceeds max_position_embeddings={self.max_position_embeddings}")
         channel_ids = torch.arange(channels, device=codes.device)
-        x = self.token_embedding(codes) + self.channel_embedding(channel_ids)[None, :, None, :]
+        x = self.token_embedding(self.corrupt(codes)) + self.channel_embedding(channel_ids)[None, :, None, :]
         x = self.dropout(x).reshape(batch * channels, time, -1)
         cos, sin = self.rope_cos[:time], self.rope_sin[:time]
         for block in self.blocks:

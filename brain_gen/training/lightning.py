@@ -1,14 +1,69 @@
-"""LitModel: the LightningModule that trains any model with any loss."""
+"""LitModel: the LightningModule that trains any model with any loss.
+
+It owns what the ``lightning`` config section describes: AdamW with a decay and a
+no-decay parameter group, the learning-rate schedule and its warmup, per-step
+optimizer telemetry, torch.compile, and the overrides applied when a run resumes.
+"""
 
 from __future__ import annotations
 
+import inspect
+import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
+from torch.optim import lr_scheduler as torch_schedulers
 
+from brain_gen.config.errors import ConfigError, did_you_mean
+from brain_gen.config.registry import check_arguments
 from brain_gen.config.schema import LightningConfig
+
+# Prefix torch.compile puts on parameter names when a compiled module itself is saved.
+COMPILED_PREFIX = "_orig_mod."
+
+
+def scheduler_classes() -> dict[str, type]:
+    """Every learning-rate scheduler class of torch.optim.lr_scheduler, by name."""
+    return {
+        name: value
+        for name, value in vars(torch_schedulers).items()
+        if isinstance(value, type)
+        and issubclass(value, (torch_schedulers.LRScheduler, torch_schedulers.ReduceLROnPlateau))
+        and value is not torch_schedulers.LRScheduler
+        and not name.startswith("_")
+    }
+
+
+def check_lr_schedule(config: LightningConfig) -> None:
+    """Resolve the scheduler class and check its arguments; fails before anything runs."""
+    scheduler = config.lr_scheduler
+    if scheduler is None:
+        return
+    classes = scheduler_classes()
+    if scheduler.class_name not in classes:
+        raise ConfigError(
+            f"lightning.lr_scheduler.class_name: {scheduler.class_name!r} is not a scheduler of "
+            f"torch.optim.lr_scheduler{did_you_mean(scheduler.class_name, classes, n=3)}"
+        )
+    problems = check_arguments("lightning.lr_scheduler", classes[scheduler.class_name], scheduler.constructor_kwargs, 1)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+class LinearWarmup:
+    """LambdaLR factor of a linear warmup: step k (from 0) runs at (k + 1) / steps of the base lr.
+
+    A class rather than a lambda so that LambdaLR can store it in checkpoints.
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.steps)
 
 
 class LitModel(pl.LightningModule):
@@ -21,6 +76,11 @@ class LitModel(pl.LightningModule):
             dict of ``name -> callable(outputs, targets)``.
         lightning: the ``lightning`` config section (a LightningConfig or a mapping).
         hparams: values stored in checkpoints and shown in TensorBoard (the run's config).
+
+    Logged every optimizer step (written at the Trainer's ``log_every_n_steps``):
+    ``lr`` and ``weight_decay`` of the decay group, ``grad_norm`` (total L2 norm of the
+    gradients before clipping) and ``grad_clip_pct`` (running share of steps whose
+    ``grad_norm`` exceeded ``grad_clip_threshold``, in percent).
     """
 
     def __init__(
@@ -34,13 +94,27 @@ class LitModel(pl.LightningModule):
         self.model = model
         self.loss_fn = loss
         self.config = lightning if isinstance(lightning, LightningConfig) else LightningConfig.model_validate(lightning)
+        check_lr_schedule(self.config)
+        check_resume_support(model, self.config)
         if hparams:
             self.save_hyperparameters(hparams)
+        # The compiled wrapper is kept out of the module tree, so state_dict keys are
+        # the same with and without compile and checkpoints move freely between both.
+        self.__dict__["compiled_model"] = torch.compile(model) if self.config.compile else None
+        self._decay_group_index: int | None = 0
+        self._steps_seen = 0
+        self._steps_over_threshold = torch.zeros(())
+        self._step_started_at: float | None = None
+        self._resume_overrides_applied = False
+        self._no_decay_reported = False
+
+    # ----------------------------------------------------------------- steps
 
     def forward(self, inputs: Any) -> torch.Tensor:
+        model = self.model if self.compiled_model is None else self.compiled_model
         if isinstance(inputs, (tuple, list)):
-            return self.model(*inputs)
-        return self.model(inputs)
+            return model(*inputs)
+        return model(inputs)
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         inputs, targets = batch
@@ -64,5 +138,199 @@ class LitModel(pl.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+    def logged_metric_names(self, with_validation: bool = True) -> list[str]:
+        """Every metric name this module logs during fit, for checking monitors early."""
+        stages = ("train", "val") if with_validation else ("train",)
+        names = [f"{stage}/{metric}" for stage in stages for metric in ("loss", *getattr(self.loss_fn, "metrics", {}))]
+        names += ["lr", "weight_decay", "grad_norm", "grad_clip_pct"]
+        if self.config.benchmark_train_step:
+            names.append("perf/train_step_ms")
+        return names
+
+    # ----------------------------------------------------------------- optimizer
+
+    def parameter_groups(self) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+        """(decay, no_decay) named parameters. No decay: biases, norm weights, every 1-D parameter."""
+        norm_types = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+        in_norm = {
+            id(parameter)
+            for module in self.model.modules()
+            if isinstance(module, norm_types)
+            for parameter in module.parameters(recurse=False)
+        }
+        decay, no_decay = [], []
+        for name, parameter in self.model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            if parameter.ndim <= 1 or name.endswith("bias") or id(parameter) in in_norm:
+                no_decay.append((name, parameter))
+            else:
+                decay.append((name, parameter))
+        return decay, no_decay
+
+    def configure_optimizers(self) -> Any:
+        config = self.config
+        decay, no_decay = self.parameter_groups()
+        if config.no_decay_verbose and not self._no_decay_reported and self.global_rank == 0:
+            self._no_decay_reported = True
+            print(f"no weight decay for {len(no_decay)} parameter(s): {', '.join(name for name, _ in no_decay)}")
+        groups = [
+            {"params": [p for _, p in decay], "weight_decay": config.weight_decay},
+            {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+        ]
+        groups = [group for group in groups if group["params"]]
+        # Telemetry reports group 0: the decay group, or the only group of a model without one.
+        self._decay_group_index = 0 if decay else None
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = self._build_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        schedule, warmup = self.config.lr_scheduler, self.config.lr_warmup
+        if schedule is None and warmup is None:
+            return None
+        main = None
+        if schedule is not None:
+            main = scheduler_classes()[schedule.class_name](optimizer, **schedule.constructor_kwargs)
+        if warmup is not None:
+            ramp = torch_schedulers.LambdaLR(optimizer, LinearWarmup(warmup.steps))
+            if main is not None:
+                # SequentialLR restarts the main schedule at the milestone, from the base lr.
+                main = torch_schedulers.SequentialLR(optimizer, [ramp, main], milestones=[warmup.steps])
+            else:
+                main = ramp
+        return {
+            "scheduler": main,
+            "interval": self.config.schedule_interval,
+            "frequency": schedule.frequency if schedule is not None else 1,
+            "monitor": schedule.monitor if schedule is not None else None,
+        }
+
+    # ----------------------------------------------------------------- telemetry
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after gradients are unscaled and before they are clipped.
+        group = optimizer.param_groups[0]
+        self.log("lr", group["lr"], on_step=True, on_epoch=False)
+        self.log("weight_decay", group["weight_decay"], on_step=True, on_epoch=False)
+        gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not gradients:
+            return
+        grad_norm = total_norm(gradients)
+        if self._steps_over_threshold.device != grad_norm.device:
+            self._steps_over_threshold = self._steps_over_threshold.to(grad_norm.device)
+        # Counted on the device: no host sync here, only when the logger reads the value.
+        self._steps_over_threshold += (grad_norm > self.config.grad_clip_threshold).float()
+        self._steps_seen += 1
+        self.log("grad_norm", grad_norm, on_step=True, on_epoch=False)
+        self.log("grad_clip_pct", self._steps_over_threshold * (100.0 / self._steps_seen), on_step=True, on_epoch=False)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.config.benchmark_train_step:
+            self._synchronize()
+            self._step_started_at = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.config.benchmark_train_step and self._step_started_at is not None:
+            self._synchronize()
+            self.log("perf/train_step_ms", (time.perf_counter() - self._step_started_at) * 1000.0, on_step=True, on_epoch=False)
+
+    def _synchronize(self) -> None:
+        # Without a sync, CUDA kernels still running would be left out of the step time.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["grad_clip_counts"] = {"steps": self._steps_seen, "over_threshold": float(self._steps_over_threshold)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counts = checkpoint.get("grad_clip_counts")
+        if counts:
+            self._steps_seen = int(counts["steps"])
+            self._steps_over_threshold = torch.tensor(float(counts["over_threshold"]))
+        # Checkpoints written by tools that compiled the model itself carry a prefix.
+        state = checkpoint.get("state_dict", {})
+        for key in [key for key in state if COMPILED_PREFIX in key]:
+            state[key.replace(COMPILED_PREFIX, "")] = state.pop(key)
+
+    # ----------------------------------------------------------------- resume overrides
+
+    def on_validation_start(self) -> None:
+        # During fit, the sanity check is the first thing to run after the checkpoint is restored.
+        self._apply_resume_overrides()
+
+    def on_train_start(self) -> None:
+        self._apply_resume_overrides()
+
+    def _apply_resume_overrides(self) -> None:
+        trainer = self.trainer
+        if self._resume_overrides_applied or trainer.state.fn != TrainerFn.FITTING or not trainer.ckpt_path:
+            return
+        self._resume_overrides_applied = True
+        config = self.config
+        if config.resume_context is not None:
+            request = config.resume_context.model_dump(exclude_none=True)
+            try:
+                self.model.resize_context(**request)
+            except ValueError as exc:
+                raise ConfigError(f"lightning.resume_context: {exc}") from exc
+        if config.resume_token_corruption not in (None, False):
+            settings = None if config.resume_token_corruption is True else config.resume_token_corruption
+            try:
+                self.model.update_token_corruption_cfg(settings)
+            except ValueError as exc:
+                raise ConfigError(f"lightning.resume_token_corruption: {exc}") from exc
+        for optimizer in trainer.optimizers:
+            for index, group in enumerate(optimizer.param_groups):
+                if config.resume_lr is not None:
+                    group["lr"] = group["initial_lr"] = config.resume_lr
+                if config.resume_weight_decay is not None and index == self._decay_group_index:
+                    group["weight_decay"] = config.resume_weight_decay
+        if config.resume_lr is not None:
+            for scheduler_config in trainer.lr_scheduler_configs:
+                for scheduler in nested_schedulers(scheduler_config.scheduler):
+                    if hasattr(scheduler, "base_lrs"):
+                        scheduler.base_lrs = [config.resume_lr] * len(scheduler.base_lrs)
+                    if hasattr(scheduler, "_last_lr"):
+                        scheduler._last_lr = [config.resume_lr] * len(scheduler._last_lr)
+
+
+def nested_schedulers(scheduler: Any) -> list[Any]:
+    """A scheduler and, for SequentialLR / ChainedScheduler, every scheduler inside it."""
+    found = [scheduler]
+    for child in getattr(scheduler, "_schedulers", []):
+        found.extend(nested_schedulers(child))
+    return found
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm over all tensors together, with fused per-device norms (no Python loop over norms)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(tensors, norm_type=2.0, foreach=True)
+    norms = torch._foreach_norm(tensors)  # torch < 2.6
+    return torch.linalg.vector_norm(torch.stack([norm.to(norms[0].device) for norm in norms]))
+
+
+def check_resume_support(model: nn.Module, config: LightningConfig) -> None:
+    """Fail before training when a resume override asks for something the model lacks."""
+    if config.resume_context is not None:
+        resize = getattr(model, "resize_context", None)
+        if resize is None:
+            raise ConfigError(
+                f"lightning.resume_context: {type(model).__name__} has no resize_context method; remove the key"
+            )
+        requested = config.resume_context.model_dump(exclude_none=True)
+        accepted = inspect.signature(resize).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            for key in requested:
+                if key not in accepted:
+                    raise ConfigError(
+                        f"lightning.resume_context.{key}: {type(model).__name__}.resize_context cannot change it"
+                    )
+    if config.resume_token_corruption not in (None, False) and not hasattr(model, "update_token_corruption_cfg"):
+        raise ConfigError(
+            f"lightning.resume_token_corruption: {type(model).__name__} has no update_token_corruption_cfg method; "
+            "remove the key"
+        )

@@ -14,15 +14,16 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, default_collate
 
-from brain_gen.config.errors import ConfigError
+from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.loading import load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.registry import instantiate, resolve_class
+from brain_gen.config.schema import ResumeContextConfig
 from brain_gen.dataset import DATASETS
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
-from brain_gen.training.lightning import LitModel
+from brain_gen.training.lightning import LitModel, check_lr_schedule, check_resume_support
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ExperimentDL:
 
     def __init__(self, cfg: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None):
         self.config = load_config(cfg, overrides)
+        check_lr_schedule(self.config.lightning)
         resume_from = self.config.resume_from
         if resume_from not in (None, "last") and not Path(resume_from).is_file():
             raise ConfigError(f"resume_from: checkpoint not found: {resume_from}")
@@ -76,15 +78,30 @@ class ExperimentDL:
 
         # Model and loss first: their config mistakes surface before any data is read.
         model = instantiate("model_config", model_class, config.model_kwargs)
+        check_resume_support(model, config.lightning)
         loss = instantiate("loss", loss_class, config.loss)
         self.splits = DataSplitter(config.datasplitter, cache_dir=self.save_dir / "cache").split()
         self.datasets = {
             name: instantiate("datasplitter.dataset_kwargs", dataset_class, config.datasplitter.dataset_kwargs, split)
             for name, split in self.splits.items()
         }
-        check_model_fits_data(model, self.datasets["train"])
+        resume_context = config.lightning.resume_context if config.resume_from else None
+        check_model_fits_data(model, self.datasets["train"], resume_context)
         self.model = model
         self.lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
+        self._check_monitors()
+
+    def _check_monitors(self) -> None:
+        """Every metric a config key monitors must be one the run logs."""
+        scheduler = self.config.lightning.lr_scheduler
+        if scheduler is None or scheduler.monitor is None:
+            return
+        logged = self.lit_model.logged_metric_names(with_validation=len(self.datasets["val"]) > 0)
+        if scheduler.monitor not in logged:
+            raise ConfigError(
+                f"lightning.lr_scheduler.monitor: {scheduler.monitor!r} is never logged"
+                f"{did_you_mean(scheduler.monitor, logged)}; logged metrics: {', '.join(logged)}"
+            )
 
     def dataloader(self, split: str) -> DataLoader | None:
         """The loader of one split, or None when that split has no windows."""
@@ -211,12 +228,13 @@ def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
     return [best, last]
 
 
-def check_model_fits_data(model: torch.nn.Module, dataset: Any) -> None:
+def check_model_fits_data(model: torch.nn.Module, dataset: Any, resume_context: ResumeContextConfig | None = None) -> None:
     """Compare the model's declared input geometry with what the dataset produces.
 
     Models and datasets that expose ``num_channels``, ``vocab_size`` or
     ``max_position_embeddings`` / ``sequence_length`` are checked, so a mismatch is a
-    one-line config error instead of a shape error deep inside the first step.
+    one-line config error instead of a shape error deep inside the first step. A
+    ``resume_context`` that will resize the model on resume counts as its new geometry.
     """
     model_channels = getattr(model, "num_channels", None)
     data_channels = getattr(dataset, "num_channels", None)
@@ -227,6 +245,11 @@ def check_model_fits_data(model: torch.nn.Module, dataset: Any) -> None:
     if model_vocab is not None and data_vocab is not None and model_vocab < data_vocab:
         raise ConfigError(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes (mu + 1); set it to {data_vocab}")
     model_positions = getattr(model, "max_position_embeddings", None)
+    if model_positions is not None and resume_context is not None:
+        resized = [resume_context.max_position_embeddings]
+        if resume_context.input_shape and len(resume_context.input_shape) == 2:
+            resized.append(resume_context.input_shape[1])
+        model_positions = max([model_positions] + [value for value in resized if value])
     data_length = getattr(dataset, "sequence_length", None)
     if model_positions is not None and data_length is not None and model_positions < data_length:
         raise ConfigError(
