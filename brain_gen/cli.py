@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -119,22 +120,52 @@ def run_demo(args: argparse.Namespace) -> None:
 COMMANDS = {"train": run_train, "test": run_test, "validate": run_validate, "demo": run_demo}
 
 
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+@contextlib.contextmanager
+def console_logging():
+    """Status messages to stdout, warnings to stderr, for brain-gen and Lightning alike.
+
+    Lightning prints its status lines (GPU available, ...) to stderr by default; on
+    stdout they stay out of the way of the one-line error a bad input gets.
+    """
+    saved = []
+    for name, prefix in (("brain_gen", "brain-gen: "), ("pytorch_lightning", ""), ("lightning_fabric", "")):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.level, logger.propagate))
+        status = logging.StreamHandler(sys.stdout)
+        status.addFilter(_BelowWarning())
+        problems = logging.StreamHandler(sys.stderr)
+        problems.setLevel(logging.WARNING)
+        for handler in (status, problems):
+            handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+        logger.handlers[:] = [status, problems]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, handlers, level, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("brain-gen: %(message)s"))
-    package_logger = logging.getLogger("brain_gen")
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
-    try:
-        COMMANDS[args.command](args)
-    except BrainGenError as exc:
-        if args.debug:
-            raise
-        print(f"brain-gen: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        package_logger.removeHandler(handler)
+    import pytorch_lightning  # noqa: F401  (its loggers must exist before they are redirected)
+
+    with console_logging():
+        try:
+            COMMANDS[args.command](args)
+        except BrainGenError as exc:
+            if args.debug:
+                raise
+            print(f"brain-gen: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     return 0
 
 

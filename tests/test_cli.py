@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +60,13 @@ def corrupt_first_chunk(dataset_root, array):
         (lambda c: c.update(resume_from="missing.ckpt"), "train", "resume_from: checkpoint not found:"),
         (lambda c: c["trainer"].update(early_stopping=3), "train", "not implemented yet: trainer.early_stopping"),
         (lambda c: None, "test", "resume_from: testing needs a checkpoint"),
+        (lambda c: c["trainer"].update(strategy="foo"), "train", "trainer: "),
+        (lambda c: c.update(loss_name="MSE"), "train", "model_name / loss_name / datasplitter.dataset_class: ChannelGPT with MSE fails on one ChunkDataset window"),
+        (lambda c: c["datasplitter"].update(dataset_class="ChunkDatasetContinuous", dataset_kwargs={}), "validate", "ChannelGPT with CrossEntropy fails on one ChunkDatasetContinuous window"),
+        (lambda c: c["model_config"].update(n_heads=0), "train", "model_config: ChannelGPT rejected its arguments: n_heads must be at least 1"),
+        (lambda c: c.update(dataloader_class="DataLoder"), "validate", "dataloader_class: unknown name 'DataLoder' (did you mean DataLoader?)"),
+        (lambda c: c["dataloader"].update(batch_size=True), "train", "dataloader.batch_size: expected a number, got True"),
+        (lambda c: c["trainer"].update(max_epochs=True), "train", "trainer.max_epochs: expected int | None, got True"),
     ],
 )
 def test_bad_config_exits_2_with_one_line(capsys, config_file, change, command, expected):
@@ -113,15 +121,27 @@ def test_debug_shows_the_traceback(capsys, config_file):
         main(["--debug", "validate", str(path)])
 
 
+def brain_gen_command(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed `brain-gen` console script, as a user would."""
+    script = Path(sys.executable).with_name("brain-gen")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300)
+
+
 def test_installed_command_prints_one_line_and_exits_2(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "brain_gen", "validate", str(tmp_path / "missing.yaml")],
-        capture_output=True,
-        text=True,
-    )
+    result = brain_gen_command("validate", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"brain-gen: error: config: file not found: {tmp_path / 'missing.yaml'}"]
     assert result.stdout == ""
+
+
+def test_installed_command_bad_data_after_trainer_setup_is_still_one_line(config_file, tiny_dataset):
+    # The default tune_batch_size and Lightning's own status lines must not reach stderr before the error.
+    chunk = corrupt_first_chunk(tiny_dataset, np.full((4, 100), np.inf, np.float32))
+    path = config_file(lambda c: c["trainer"].pop("tune_batch_size"))
+    result = brain_gen_command("train", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert str(chunk) in result.stderr and "contains NaN or Inf" in result.stderr
 
 
 def test_demo_generates_data_trains_and_never_overwrites(tmp_path, capsys):
@@ -139,3 +159,16 @@ def test_demo_generates_data_trains_and_never_overwrites(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), *quick]) == 0
     assert "generating the demo dataset" not in capsys.readouterr().out
     assert chunk.stat().st_mtime_ns == stamp and (run_dir.parent / "version_1" / "config.yaml").is_file()
+
+
+def test_unusable_paths_exit_2_before_any_run_folder(capsys, config_file, tmp_path):
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("just text")
+    code, err = run_cli(capsys, "train", str(config_file(lambda c: c.update(resume_from=str(not_a_checkpoint)))))
+    assert code == 2 and err == [f"brain-gen: error: resume_from: {not_a_checkpoint} is not a PyTorch checkpoint (or it is truncated); point it at a .ckpt file"]
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, err = run_cli(capsys, "train", str(config_file(lambda c: c.update(save_dir=str(blocker / "runs")))))
+    assert code == 2 and err == [f"brain-gen: error: save_dir: {blocker} is a file, not a folder; choose another path"]
+    assert not (tmp_path / "runs").exists()

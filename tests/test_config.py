@@ -173,7 +173,11 @@ def test_resolved_config_loads_back_equal(changes):
         ("trainer", "early_stopping", {"patience": 2}, "trainer.early_stopping"),
         ("trainer", "callbacks", ["LearningRateMonitor"], "trainer.callbacks"),
         ("trainer", "validate_before_resume", True, "trainer.validate_before_resume"),
+        ("trainer", "checkpoint_cadence_epochs", 2, "trainer.checkpoint_cadence_epochs"),
         (None, "eval_runner", {"every": 1}, "eval_runner"),
+        (None, "resume_from", "last", "resume_from: last"),
+        (None, "dataloader_class", "MixupDataLoader", "dataloader_class: MixupDataLoader"),
+        ("dataloader", "tokenizer_path", "tok", None),
     ],
 )
 def test_keys_without_behaviour_yet_stop_a_run_before_data_loads(tmp_path, section, key, value, reported):
@@ -183,6 +187,9 @@ def test_keys_without_behaviour_yet_stop_a_run_before_data_loads(tmp_path, secti
         config[key] = value
     else:
         config[section][key] = value
+    if reported is None:  # the TextDataLoader case: its required key is set above
+        config["dataloader_class"] = reported = "TextDataLoader"
+        reported = "dataloader_class: TextDataLoader"
     experiment = ExperimentDL(config)
     with pytest.raises(ConfigError, match=f"not implemented yet: {reported}"):
         experiment.train()
@@ -206,3 +213,30 @@ def test_default_batch_size_tuning_prints_a_notice_and_trains(tmp_path, tiny_dat
         ExperimentDL(config).train()
     notices = [record.getMessage() for record in caplog.records if "tune_batch_size" in record.getMessage()]
     assert len(notices) == 1 and "batch_size=8" in notices[0]
+
+
+def test_booleans_are_not_numbers():
+    assert error_of(minimal(lightning={"lr": True})) == "lightning.lr: expected a number, got True"
+    assert error_of(minimal(dataloader={"num_classes": False})) == "dataloader.num_classes: expected a number, got False"
+    assert "trainer.log_every_n_steps: expected int | None, got True" in error_of(minimal(trainer={"log_every_n_steps": True}))
+    # Trainer arguments that do take booleans keep them; numeric strings still count as numbers.
+    config = load_config(minimal(lightning={"lr": "3e-4"}, trainer={"fast_dev_run": True, "enable_progress_bar": False}))
+    assert config.lightning.lr == 3e-4 and config.trainer.lightning_kwargs == {"fast_dev_run": True, "enable_progress_bar": False}
+
+
+def test_overrides_reach_into_a_model_config_file(tmp_path):
+    (tmp_path / "model.yaml").write_text("d_model: 16\nn_layers: 1\n")
+    (tmp_path / "other.yaml").write_text("d_model: 8\n")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(minimal(model_config="model.yaml")))
+    assert load_config(path, ["model_config.d_model=64"]).model_kwargs == {"d_model": 64, "n_layers": 1}
+    assert load_config(path, ["model_config=other.yaml"]).model_kwargs == {"d_model": 8}
+
+
+def test_saved_intervals_read_back_as_the_same_schedule():
+    config = load_config(
+        minimal(lightning={"lr_warmup": {"steps": 100, "interval": "step"}, "lr_scheduler": {"class_name": "CosineAnnealingLR", "T_max": 10}})
+    )
+    assert config.lightning.schedule_interval == "step"
+    again = load_config(yaml.safe_load(yaml.safe_dump(config.to_dict())))
+    assert again.lightning.schedule_interval == "step" and again.to_dict() == config.to_dict()

@@ -63,3 +63,15 @@ def test_bad_files_are_errors_naming_the_file(tmp_path, break_it, expected):
         scan_session(session, "d")
     assert expected in str(caught.value)
     assert str(session) in str(caught.value)
+
+
+def test_chunk_numbers_must_not_repeat_or_skip(tmp_path):
+    session = write_constant_session(tmp_path / "s", [5, 5, 5])
+    (session / "1.npy").rename(session / "01.npy")
+    np.save(session / "1.npy", np.zeros((2, 5), np.float32))
+    with pytest.raises(DataError, match="both 01.npy and 1.npy|both 1.npy and 01.npy"):
+        list_chunk_files(session)
+    (session / "01.npy").unlink()
+    (session / "1.npy").unlink()
+    with pytest.raises(DataError, match=r"without gaps; 1.npy is missing"):
+        list_chunk_files(session)

@@ -167,3 +167,30 @@ def test_cache_dir_option_is_used(tmp_path):
     root = make_sessions(tmp_path / "d", 3)
     DataSplitter(DataSplitterConfig(dataset_root=str(root), example_seconds=1.0, cache_dir=str(tmp_path / "mine")), cache_dir=tmp_path / "other").split()
     assert list((tmp_path / "mine").glob("sessions-*.json")) and not (tmp_path / "other").exists()
+
+
+def test_dataset_strategy_accepts_a_list_of_roots_and_needs_two_heldout_subjects(tmp_path):
+    make_sessions(tmp_path / "a", 3)
+    make_sessions(tmp_path / "b", 2, subjects=["sub-1", "sub-1"])
+    roots = [str(tmp_path / "a"), str(tmp_path / "b")]
+    with pytest.raises(DataError, match="heldout_dataset: 'b' has 1 subject\\(s\\); it needs at least 2"):
+        splitter(tmp_path, dataset_root=roots, example_seconds=1.0, split_strategy="dataset", heldout_dataset="b").split()
+    splits = splitter(tmp_path, dataset_root=roots, example_seconds=1.0, split_strategy="dataset", heldout_dataset="a").split()
+    assert {s.dataset for s in splits["train"].sessions} == {"b"}
+    assert len(splits["val"].sessions) == 2 and len(splits["test"].sessions) == 1
+
+
+def test_cache_notices_a_changed_meta_json(tmp_path):
+    import json
+
+    root = make_sessions(tmp_path / "d", 3)
+    splitter(tmp_path, dataset_root=str(root), example_seconds=1.0).split()
+    meta_path = root / "session01" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["subject"] = "sub-99"
+    meta_path.write_text(json.dumps(meta))
+    os.utime(meta_path, ns=(1, 1))
+    again = splitter(tmp_path, dataset_root=str(root), example_seconds=1.0)
+    sessions = again.scan()
+    assert again.sessions_read == 1
+    assert [s.subject for s in sessions if s.name == "session01"] == ["sub-99"]

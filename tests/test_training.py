@@ -168,3 +168,22 @@ def test_checkpointing_can_be_switched_off(tmp_path, tiny_dataset):
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"max_epochs": 1, "limit_train_batches": 2, "enable_checkpointing": False})
     ExperimentDL(config).train()
     assert not (tmp_path / "runs" / "logs" / "version_0" / "checkpoints").exists()
+
+
+def test_an_empty_validation_split_trains_warns_and_tests_the_last_checkpoint(tmp_path, tiny_dataset, caplog):
+    import logging
+
+    config = tiny_config(tmp_path / "runs", tiny_dataset, datasplitter={"val_ratio": 0}, trainer={"max_epochs": 1})
+    experiment = ExperimentDL(config)
+    with caplog.at_level(logging.WARNING, logger="brain_gen"):
+        experiment.train()
+    assert any("validation split has no windows" in r.getMessage() for r in caplog.records)
+    names = [p.name for p in (tmp_path / "runs" / "logs" / "version_0" / "checkpoints").iterdir()]
+    assert len(names) == 1 and names[0].startswith("last-checkpoint")
+    assert experiment.test()[0]["test/loss"] > 0
+
+
+def test_a_runs_saved_config_trains_again(trained_run, capsys):
+    _, run_dir = trained_run
+    assert main(["train", str(run_dir / "config.yaml"), "--set", "trainer.max_epochs=1"]) == 0
+    assert (run_dir.parent / "version_1" / "checkpoints").is_dir()

@@ -104,6 +104,12 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
             data.pop(key, None)
 
 
+def _inline_model_config(data: dict[str, Any], base_dir: Path) -> None:
+    model_config = data.get("model_config")
+    if isinstance(model_config, str):
+        data["model_config"] = read_yaml_mapping(Path(_resolve_path(model_config, base_dir)), "model_config")
+
+
 def load_config(source: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
     """Build the validated config from a mapping or a YAML file path, plus ``--set`` overrides.
 
@@ -117,11 +123,11 @@ def load_config(source: dict[str, Any] | str | os.PathLike, overrides: list[str]
         config_path = Path(source).expanduser().resolve()
         data = read_yaml_mapping(config_path, "config")
         base_dir = config_path.parent
+    # A model_config file is read before the overrides, so `--set model_config.d_model=64`
+    # edits it as if it were written inline; an override may also name another file.
+    _inline_model_config(data, base_dir)
     apply_overrides(data, list(overrides or []))
-
-    model_config = data.get("model_config")
-    if isinstance(model_config, str):
-        data["model_config"] = read_yaml_mapping(Path(_resolve_path(model_config, base_dir)), "model_config")
+    _inline_model_config(data, base_dir)
     resolve_paths(data, base_dir)
 
     try:
@@ -276,8 +282,18 @@ def check_trainer_kwargs(config: ExperimentConfig) -> list[str]:
             hint = did_you_mean(key, [*parameters, *TRAINER_CUSTOM_KEYS])
             problems.append(f"trainer.{key}: unknown key{hint}; it is neither a brain-gen key nor a pytorch_lightning.Trainer argument")
         else:
+            annotation = parameters[key]
             try:
-                passthrough[key] = _type_adapter(parameters[key]).validate_python(value)
-            except ValidationError:
-                problems.append(f"trainer.{key}: expected {_type_name(parameters[key])}, got {value!r}")
+                if isinstance(value, bool) and not _admits_bool(annotation):
+                    raise ValueError("a boolean is not a number")
+                passthrough[key] = _type_adapter(annotation).validate_python(value)
+            except (ValidationError, ValueError):
+                problems.append(f"trainer.{key}: expected {_type_name(annotation)}, got {value!r}")
     return problems
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a Trainer annotation really means to take True/False (pydantic would turn them into 1/0)."""
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_admits_bool(arg) for arg in typing.get_args(annotation) if arg is not type(None))

@@ -7,9 +7,21 @@ looks keys up with ``dict.get(key, default)``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+
+def _reject_bool(value: Any) -> Any:
+    # pydantic would read `true` as 1; in a number field it is a mistake, not a number.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value}")
+    return value
+
+
+# Numbers that accept YAML numbers and numeric strings (PyYAML reads `3e-4` as a string), but not booleans.
+Int = Annotated[int, BeforeValidator(_reject_bool)]
+Float = Annotated[float, BeforeValidator(_reject_bool)]
 
 
 class Section(BaseModel):
@@ -33,13 +45,13 @@ class DataSplitterConfig(Section):
         "from a dataset name to its folder. Datasets are named by their folder name "
         "unless a mapping names them."
     )
-    example_seconds: float = Field(gt=0, description="Length of one training window, in seconds.")
-    overlap_seconds: float = Field(
+    example_seconds: Float = Field(gt=0, description="Length of one training window, in seconds.")
+    overlap_seconds: Float = Field(
         default=0.0, ge=0, description="Overlap between consecutive windows of a chunk, in seconds."
     )
-    val_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions (or subjects) for validation.")
-    test_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of sessions (or subjects) for testing.")
-    seed: int = Field(default=42, description="Seed of the split shuffle; the same seed gives the same split.")
+    val_ratio: Float = Field(default=0.1, ge=0, lt=1, description="Share of sessions (or subjects) for validation.")
+    test_ratio: Float = Field(default=0.1, ge=0, lt=1, description="Share of sessions (or subjects) for testing.")
+    seed: Int = Field(default=42, description="Seed of the split shuffle; the same seed gives the same split.")
     dataset_class: str = Field(
         default="ChunkDataset",
         description="Dataset built on each split: a built-in name (ChunkDataset, "
@@ -101,9 +113,9 @@ LOADER_EXTRAS = {"MixupDataLoader": MIXUP_KEYS, "TextDataLoader": TEXT_KEYS}
 class DataLoaderConfig(Section):
     """Keyword arguments of the train/val/test loaders, plus the extras of each loader class."""
 
-    batch_size: int = Field(default=1, ge=1, description="Windows per batch for train, val and test.")
-    num_workers: int = Field(default=0, ge=0, description="Worker processes that load batches (0: main process).")
-    prefetch_factor: int | None = Field(
+    batch_size: Int = Field(default=1, ge=1, description="Windows per batch for train, val and test.")
+    num_workers: Int = Field(default=0, ge=0, description="Worker processes that load batches (0: main process).")
+    prefetch_factor: Int | None = Field(
         default=2, ge=1, description="Batches each worker loads ahead; used only when num_workers > 0."
     )
     pin_memory: bool = Field(default=False, description="Put batches in page-locked memory for faster GPU copies.")
@@ -116,20 +128,20 @@ class DataLoaderConfig(Section):
     )
 
     # MixupDataLoader extras.
-    mixup_alpha: float = Field(default=0.0, ge=0, description="MixupDataLoader: alpha of the Beta(alpha, alpha) mixing weight.")
-    mixup_prob: float = Field(default=1.0, ge=0, le=1, description="MixupDataLoader: chance that a batch is mixed.")
-    num_classes: int | None = Field(
+    mixup_alpha: Float = Field(default=0.0, ge=0, description="MixupDataLoader: alpha of the Beta(alpha, alpha) mixing weight.")
+    mixup_prob: Float = Field(default=1.0, ge=0, le=1, description="MixupDataLoader: chance that a batch is mixed.")
+    num_classes: Int | None = Field(
         default=None, ge=1, description="MixupDataLoader: class count for one-hot mixing of integer targets."
     )
     quantize: bool = Field(default=False, description="MixupDataLoader: mu-law quantize inputs after mixing.")
-    mu: int = Field(default=255, ge=1, description="MixupDataLoader: mu-law parameter when quantize is true.")
-    max_val: float = Field(default=10.0, gt=0, description="MixupDataLoader: inputs are divided by this before quantizing.")
+    mu: Int = Field(default=255, ge=1, description="MixupDataLoader: mu-law parameter when quantize is true.")
+    max_val: Float = Field(default=10.0, gt=0, description="MixupDataLoader: inputs are divided by this before quantizing.")
 
     # TextDataLoader extras.
     tokenizer_path: str | None = Field(
         default=None, description="TextDataLoader (required): folder that holds a trained `tokenizer/`."
     )
-    max_length: int | None = Field(default=None, ge=1, description="TextDataLoader: truncate sequences to this many tokens.")
+    max_length: Int | None = Field(default=None, ge=1, description="TextDataLoader: truncate sequences to this many tokens.")
     use_separator: bool = Field(
         default=True, description="TextDataLoader: put separator tokens between channels and groups."
     )
@@ -151,7 +163,7 @@ class LRSchedulerConfig(BaseModel):
 
     class_name: str = Field(description="Class name in torch.optim.lr_scheduler, e.g. CosineAnnealingLR.")
     interval: Literal["epoch", "step"] = Field(default="epoch", description="Step the scheduler every epoch or every optimizer step.")
-    frequency: int = Field(default=1, ge=1, description="Step the scheduler every this many intervals.")
+    frequency: Int = Field(default=1, ge=1, description="Step the scheduler every this many intervals.")
     monitor: str | None = Field(default=None, description="Logged metric the scheduler reads (ReduceLROnPlateau).")
 
     @property
@@ -163,7 +175,7 @@ class LRSchedulerConfig(BaseModel):
 class LRWarmupConfig(Section):
     """Linear learning-rate warmup before the scheduler takes over."""
 
-    steps: int = Field(ge=1, description="Length of the warmup, in intervals.")
+    steps: Int = Field(ge=1, description="Length of the warmup, in intervals.")
     interval: Literal["epoch", "step"] | None = Field(
         default=None,
         description="Warm up per `step` or per `epoch`. Warmup and scheduler step together: an interval "
@@ -174,20 +186,20 @@ class LRWarmupConfig(Section):
 class ResumeContextConfig(Section):
     """New context geometry applied to the model with `resize_context` when resuming."""
 
-    input_shape: list[int] | None = Field(default=None, description="New input shape, e.g. [channels, time].")
-    spatial_reduction: int | None = Field(default=None, description="New spatial reduction factor.")
-    temporal_reduction: int | None = Field(default=None, description="New temporal reduction factor.")
-    rope_theta: float | None = Field(default=None, description="New rotary embedding base.")
-    max_position_embeddings: int | None = Field(default=None, description="New maximum sequence length.")
+    input_shape: list[Int] | None = Field(default=None, description="New input shape, e.g. [channels, time].")
+    spatial_reduction: Int | None = Field(default=None, description="New spatial reduction factor.")
+    temporal_reduction: Int | None = Field(default=None, description="New temporal reduction factor.")
+    rope_theta: Float | None = Field(default=None, description="New rotary embedding base.")
+    max_position_embeddings: Int | None = Field(default=None, description="New maximum sequence length.")
 
 
 class LightningConfig(Section):
     """Optimizer, schedules and per-step options of LitModel."""
 
-    lr: float = Field(gt=0, description="Learning rate of AdamW.")
-    weight_decay: float = Field(ge=0, description="Weight decay of AdamW.")
-    resume_lr: float | None = Field(default=None, gt=0, description="After resuming, replace the restored learning rate.")
-    resume_weight_decay: float | None = Field(
+    lr: Float = Field(gt=0, description="Learning rate of AdamW.")
+    weight_decay: Float = Field(ge=0, description="Weight decay of AdamW.")
+    resume_lr: Float | None = Field(default=None, gt=0, description="After resuming, replace the restored learning rate.")
+    resume_weight_decay: Float | None = Field(
         default=None, ge=0, description="After resuming, replace the restored weight decay."
     )
     resume_context: ResumeContextConfig | None = Field(
@@ -201,7 +213,7 @@ class LightningConfig(Section):
         default=False, description="Log perf/train_step_ms every step (synchronizes the device)."
     )
     no_decay_verbose: bool = Field(default=False, description="Print the parameters that get no weight decay.")
-    grad_clip_threshold: float = Field(
+    grad_clip_threshold: Float = Field(
         default=1.0, gt=0, description="Gradient norm above which a step counts toward grad_clip_pct."
     )
     lr_scheduler: LRSchedulerConfig | None = Field(default=None, description="Learning-rate scheduler.")
@@ -271,11 +283,11 @@ class EarlyStoppingConfig(Section):
 
     monitor: str = Field(default="val/loss", description="Logged metric to watch.")
     mode: Literal["min", "max"] = Field(default="min", description="Whether lower or higher is better.")
-    patience: int = Field(default=10, ge=0, description="Checks without improvement before stopping.")
-    min_delta: float = Field(default=0.0, description="Smallest change that counts as an improvement.")
+    patience: Int = Field(default=10, ge=0, description="Checks without improvement before stopping.")
+    min_delta: Float = Field(default=0.0, description="Smallest change that counts as an improvement.")
     check_on_train_epoch_end: bool = Field(default=False, description="Check at the end of the training epoch instead of after validation.")
-    stopping_threshold: float | None = Field(default=None, description="Stop as soon as the metric reaches this value.")
-    divergence_threshold: float | None = Field(default=None, description="Stop as soon as the metric gets worse than this value.")
+    stopping_threshold: Float | None = Field(default=None, description="Stop as soon as the metric reaches this value.")
+    divergence_threshold: Float | None = Field(default=None, description="Stop as soon as the metric gets worse than this value.")
     strict: bool | None = Field(default=None, description="Fail when the monitored metric is missing.")
     verbose: bool | None = Field(default=None, description="Print a message at every check.")
     check_finite: bool | None = Field(default=None, description="Stop when the metric becomes NaN or infinite.")
@@ -295,7 +307,7 @@ class TrainerConfig(BaseModel):
         default=None,
         description="Early stopping: true for the defaults, a number for the patience, or a mapping of options.",
     )
-    checkpoint_cadence_epochs: int | None = Field(
+    checkpoint_cadence_epochs: Int | None = Field(
         default=None, ge=1, description="Write last-checkpoint only every this many epochs."
     )
     validate_before_resume: bool = Field(default=False, description="Validate the restored weights before training resumes.")
@@ -390,4 +402,8 @@ class ExperimentConfig(Section):
                     del data["dataloader"][key]
         if self.datasplitter.split_strategy == "dataset":
             del data["datasplitter"]["val_ratio"], data["datasplitter"]["test_ratio"]
+        # Written out, the interval both schedules really step at; defaults would read back as choices.
+        for key in ("lr_scheduler", "lr_warmup"):
+            if data["lightning"][key] is not None:
+                data["lightning"][key]["interval"] = self.lightning.schedule_interval
         return data

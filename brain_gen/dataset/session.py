@@ -100,7 +100,13 @@ def list_chunk_files(session_dir: Path) -> list[Path]:
             numbered.append((int(match.group(1)), child))
     if not numbered:
         raise DataError(f"{session_dir}: no chunk files named 0.npy, 1.npy, ... in this session")
-    return [path for _, path in sorted(numbered)]
+    numbered.sort()
+    for expected, (number, path) in enumerate(numbered):
+        if number != expected:
+            # Two names for one number (1.npy, 01.npy) or a hole: the order of the recording is in doubt.
+            problem = f"both {numbered[expected - 1][1].name} and {path.name}" if number < expected else f"{expected}.npy is missing"
+            raise DataError(f"{session_dir}: chunks must be numbered 0, 1, 2, ... without gaps; {problem}")
+    return [path for _, path in numbered]
 
 
 def read_meta(session_dir: Path) -> dict[str, Any]:

@@ -24,6 +24,11 @@ class CrossEntropy(nn.Module):
         self.metrics = {"accuracy": self.accuracy}
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        if outputs.shape[:-1] != targets.shape or targets.is_floating_point():
+            raise ValueError(
+                f"CrossEntropy needs logits [..., classes] and integer targets [...], got {tuple(outputs.shape)} "
+                f"and {targets.dtype} {tuple(targets.shape)}"
+            )
         return F.cross_entropy(
             outputs.reshape(-1, outputs.shape[-1]).float(),
             targets.reshape(-1),
@@ -59,6 +64,8 @@ class MSE(nn.Module):
         return outputs[kept].float(), targets[kept].float()
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        if outputs.shape != targets.shape:
+            raise ValueError(f"MSE needs outputs and targets of one shape, got {tuple(outputs.shape)} and {tuple(targets.shape)}")
         return F.mse_loss(*self._kept(outputs, targets))
 
     @classmethod

@@ -126,11 +126,11 @@ class ChannelGPT(nn.Module):
         token_corruption_cfg: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if d_model % n_heads or (d_model // n_heads) % 2:
-            raise ValueError(f"d_model ({d_model}) must split into {n_heads} heads of even size")
-        for name, value in (("vocab_size", vocab_size), ("num_channels", num_channels), ("n_layers", n_layers)):
+        for name, value in (("vocab_size", vocab_size), ("num_channels", num_channels), ("n_layers", n_layers), ("n_heads", n_heads), ("d_model", d_model)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if d_model % n_heads or (d_model // n_heads) % 2:
+            raise ValueError(f"d_model ({d_model}) must split into {n_heads} heads of even size")
         self.vocab_size = vocab_size
         self.num_channels = num_channels
         self.max_position_embeddings = max_position_embeddings

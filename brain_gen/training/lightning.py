@@ -53,6 +53,11 @@ def check_lr_schedule(config: LightningConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run a model on a batch's inputs; a tuple of inputs becomes positional arguments."""
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
+
+
 class LinearWarmup:
     """LambdaLR factor of a linear warmup: step k (from 0) runs at (k + 1) / steps of the base lr.
 
@@ -111,10 +116,7 @@ class LitModel(pl.LightningModule):
     # ----------------------------------------------------------------- steps
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        model = self.model if self.compiled_model is None else self.compiled_model
-        if isinstance(inputs, (tuple, list)):
-            return model(*inputs)
-        return model(inputs)
+        return call_model(self.model if self.compiled_model is None else self.compiled_model, inputs)
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         inputs, targets = batch
@@ -128,6 +130,18 @@ class LitModel(pl.LightningModule):
             for name, metric in getattr(self.loss_fn, "metrics", {}).items():
                 self.log(f"{stage}/{name}", metric(outputs.detach(), targets), **log_options)
         return loss
+
+    def trial_step(self, batch: Any) -> torch.Tensor:
+        """The loss of one batch in eval mode without gradients (and without compiling), to check fit."""
+        inputs, targets = batch
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                outputs = call_model(self.model, inputs)
+                return self.loss_fn(outputs, targets, model=self.model)
+        finally:
+            self.model.train(was_training)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,12 @@ class ExperimentDL:
     def __init__(self, cfg: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None):
         self.config = load_config(cfg, overrides)
         check_lr_schedule(self.config.lightning)
-        resume_from = self.config.resume_from
-        if resume_from not in (None, "last") and not Path(resume_from).is_file():
-            raise ConfigError(f"resume_from: checkpoint not found: {resume_from}")
+        if self.config.resume_from not in (None, "last"):
+            check_checkpoint_file("resume_from", Path(self.config.resume_from))
         self.save_dir = Path(self.config.save_dir)
+        check_writable_folder("save_dir", self.save_dir)
+        if self.config.datasplitter.cache_dir:
+            check_writable_folder("datasplitter.cache_dir", Path(self.config.datasplitter.cache_dir))
         self.splits: dict[str, Split] | None = None
         self.datasets: dict[str, Any] = {}
         self.model: torch.nn.Module | None = None
@@ -72,6 +75,7 @@ class ExperimentDL:
         if self.lit_model is not None:
             return
         config = self.config
+        self.loader_class = resolve_class("dataloader_class", config.dataloader_class, LOADERS)
         dataset_class = resolve_class("datasplitter.dataset_class", config.datasplitter.dataset_class, DATASETS)
         model_class = resolve_class("model_name", config.model_name, MODELS)
         loss_class = resolve_class("loss_name", config.loss_name, LOSSES)
@@ -87,8 +91,16 @@ class ExperimentDL:
         }
         resume_context = config.lightning.resume_context if config.resume_from else None
         check_model_fits_data(model, self.datasets["train"], resume_context)
-        self.model = model
-        self.lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
+        lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
+        try:
+            lit_model.trial_step(default_collate([self.datasets["train"][0]]))
+        except Exception as exc:
+            raise ConfigError(
+                f"model_name / loss_name / datasplitter.dataset_class: {config.model_name} with {config.loss_name} "
+                f"fails on one {config.datasplitter.dataset_class} window ({type(exc).__name__}: {exc}); "
+                "check that the three fit together"
+            ) from exc
+        self.model, self.lit_model = model, lit_model
         self._check_monitors()
 
     def _check_monitors(self) -> None:
@@ -109,7 +121,6 @@ class ExperimentDL:
         if len(dataset) == 0:
             return None
         options = self.config.dataloader
-        loader_class = resolve_class("dataloader_class", self.config.dataloader_class, LOADERS)
         training = split == "train"
         kwargs: dict[str, Any] = dict(
             batch_size=options.batch_size,
@@ -122,7 +133,7 @@ class ExperimentDL:
         )
         if options.num_workers > 0:
             kwargs["prefetch_factor"] = options.prefetch_factor
-        return loader_class(dataset, **kwargs)
+        return self.loader_class(dataset, **kwargs)
 
     def _build_trainer(self, logger: TensorBoardLogger | bool) -> pl.Trainer:
         trainer_config = self.config.trainer
@@ -132,21 +143,27 @@ class ExperimentDL:
             callbacks.extend(checkpoint_callbacks(Path(logger.log_dir) / "checkpoints"))
         try:
             return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
-        except MisconfigurationException as exc:
+        except (MisconfigurationException, ValueError) as exc:
             raise ConfigError(f"trainer: {exc}") from exc
 
     def _start_run(self) -> pl.Trainer:
         """A Trainer logging into a new version folder, with the resolved config saved there."""
         self._stop_on_pending_features()
-        if self.config.trainer.tune_batch_size:
-            log.info(
-                "notice: trainer.tune_batch_size is not implemented yet; training with dataloader.batch_size=%d",
-                self.config.dataloader.batch_size,
-            )
         logger = TensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name, default_hp_metric=False)
         # The Trainer checks accelerator, devices and precision: before data is read.
         trainer = self._build_trainer(logger)
         self.build()
+        if len(self.datasets["val"]) == 0:
+            log.warning(
+                "the validation split has no windows (datasplitter.val_ratio is 0 or its sessions are too short): "
+                "no val/loss and no best-checkpoint; last-checkpoint is still written"
+            )
+            trainer.callbacks[:] = [c for c in trainer.callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor)]
+        if self.config.trainer.tune_batch_size:
+            log.warning(
+                "notice: trainer.tune_batch_size is not implemented yet; training with dataloader.batch_size=%d",
+                self.config.dataloader.batch_size,
+            )
         run_dir = Path(logger.log_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         # "x": a run never overwrites another run's files.
@@ -161,25 +178,37 @@ class ExperimentDL:
         """Fit on the train split, validating on the val split; continue from resume_from if set."""
         trainer = self._start_run()
         log.info("run folder: %s", trainer.logger.log_dir)
-        trainer.fit(
-            self.lit_model,
-            train_dataloaders=self.dataloader("train"),
-            val_dataloaders=self.dataloader("val"),
-            ckpt_path=self.config.resume_from,
-        )
+        try:
+            trainer.fit(
+                self.lit_model,
+                train_dataloaders=self.dataloader("train"),
+                val_dataloaders=self.dataloader("val"),
+                ckpt_path=self.config.resume_from,
+            )
+        except MisconfigurationException as exc:
+            raise ConfigError(f"trainer: {exc}") from exc
         return trainer
+
+    def _trained_checkpoint(self) -> str | None:
+        """The best checkpoint of a train() call on this object, else its latest one."""
+        if self.trainer is None:
+            return None
+        for callback in self.trainer.checkpoint_callbacks:
+            if callback.monitor and callback.best_model_path:
+                return callback.best_model_path
+        paths = [callback.last_model_path or callback.best_model_path for callback in self.trainer.checkpoint_callbacks]
+        return next((path for path in paths if path), None)
 
     def test(self) -> list[dict[str, float]]:
         """Evaluate the test split and log ``test/*``.
 
-        Uses the best checkpoint of a ``train()`` call on this object, else resume_from.
+        Uses the best checkpoint of a ``train()`` call on this object (its latest one when
+        there was no validation), else resume_from.
         """
-        trained = self.trainer is not None and self.trainer.checkpoint_callback is not None
-        checkpoint = self.trainer.checkpoint_callback.best_model_path if trained else None
-        checkpoint = checkpoint or self.config.resume_from
+        checkpoint = self._trained_checkpoint() or self.config.resume_from
         if not checkpoint:
             raise ConfigError("resume_from: testing needs a checkpoint; set resume_from to a .ckpt file")
-        trainer = self.trainer if trained else self._start_run()
+        trainer = self.trainer if self._trained_checkpoint() else self._start_run()
         loader = self.dataloader("test")
         if loader is None:
             raise ConfigError("datasplitter.test_ratio: the test split has no windows; raise test_ratio or add data")
@@ -189,11 +218,6 @@ class ExperimentDL:
         """Check config, data, model and Trainer settings without training; return a summary."""
         self._build_trainer(logger=False)
         self.build()
-        batch = default_collate([self.datasets["train"][0]])
-        self.lit_model.eval()
-        with torch.no_grad():
-            outputs = self.lit_model(batch[0])
-            self.lit_model.loss_fn(outputs, batch[1], model=self.model)
         train_split = self.splits["train"]
         return {
             "splits": {
@@ -206,6 +230,30 @@ class ExperimentDL:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "pending": pending_features(self.config),
         }
+
+
+def check_checkpoint_file(key: str, path: Path) -> None:
+    """A cheap look at a checkpoint before training: it exists and is a torch.save zip archive."""
+    if not path.is_file():
+        raise ConfigError(f"{key}: checkpoint not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            is_torch_archive = any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        is_torch_archive = False
+    if not is_torch_archive:
+        raise ConfigError(f"{key}: {path} is not a PyTorch checkpoint (or it is truncated); point it at a .ckpt file")
+
+
+def check_writable_folder(key: str, path: Path) -> None:
+    """The folder exists or can be made, and can be written, without creating anything yet."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: no permission to write in {existing}; choose another path")
 
 
 def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
