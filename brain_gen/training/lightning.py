@@ -8,6 +8,7 @@ optimizer telemetry, torch.compile, and the overrides applied when a run resumes
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from torch.optim import lr_scheduler as torch_schedulers
 from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.registry import check_arguments
 from brain_gen.config.schema import LightningConfig
+
+log = logging.getLogger(__name__)
 
 # Prefix torch.compile puts on parameter names when a compiled module itself is saved.
 COMPILED_PREFIX = "_orig_mod."
@@ -290,19 +293,24 @@ class LitModel(pl.LightningModule):
                 self.model.resize_context(**request)
             except ValueError as exc:
                 raise ConfigError(f"lightning.resume_context: {exc}") from exc
+            log.info("resume: context resized with %s", request)
         if config.resume_token_corruption not in (None, False):
             settings = None if config.resume_token_corruption is True else config.resume_token_corruption
             try:
                 self.model.update_token_corruption_cfg(settings)
             except ValueError as exc:
                 raise ConfigError(f"lightning.resume_token_corruption: {exc}") from exc
+            log.info("resume: token corruption set to %s", "the model config's" if settings is None else settings)
         for optimizer in trainer.optimizers:
             for index, group in enumerate(optimizer.param_groups):
                 if config.resume_lr is not None:
                     group["lr"] = group["initial_lr"] = config.resume_lr
                 if config.resume_weight_decay is not None and index == self._decay_group_index:
                     group["weight_decay"] = config.resume_weight_decay
+        if config.resume_weight_decay is not None:
+            log.info("resume: weight_decay of the decay group set to %g", config.resume_weight_decay)
         if config.resume_lr is not None:
+            log.info("resume: lr set to %g, and every scheduler's base lr with it", config.resume_lr)
             for scheduler_config in trainer.lr_scheduler_configs:
                 for scheduler in nested_schedulers(scheduler_config.scheduler):
                     if hasattr(scheduler, "base_lrs"):

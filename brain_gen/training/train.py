@@ -93,7 +93,9 @@ class ExperimentDL:
         check_model_fits_data(model, self.datasets["train"], resume_context)
         lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
         try:
-            lit_model.trial_step(default_collate([self.datasets["train"][0]]))
+            # Skipped when resume_context will reshape the model first: before that it cannot fit the data.
+            if resume_context is None:
+                lit_model.trial_step(default_collate([self.datasets["train"][0]]))
         except Exception as exc:
             raise ConfigError(
                 f"model_name / loss_name / datasplitter.dataset_class: {config.model_name} with {config.loss_name} "
