@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install docs clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# Regenerate docs/configuration.md from the config schema.
+docs: $(STAMP)
+	$(VENV)/bin/python -m brain_gen.config.docs
 
 clean:
 	rm -rf $(VENV) demo_run

@@ -198,9 +198,11 @@ class LightningConfig(Section):
 
     lr: Float = Field(gt=0, description="Learning rate of AdamW.")
     weight_decay: Float = Field(ge=0, description="Weight decay of AdamW.")
-    resume_lr: Float | None = Field(default=None, gt=0, description="After resuming, replace the restored learning rate.")
+    resume_lr: Float | None = Field(
+        default=None, gt=0, description="After resuming: the optimizer's lr and every scheduler's base lr become this."
+    )
     resume_weight_decay: Float | None = Field(
-        default=None, ge=0, description="After resuming, replace the restored weight decay."
+        default=None, ge=0, description="After resuming: the decay group's weight decay becomes this (no-decay stays 0)."
     )
     resume_context: ResumeContextConfig | None = Field(
         default=None, description="After resuming, resize the model's context (needs `resize_context`)."
@@ -357,10 +359,10 @@ class ExperimentConfig(Section):
     dataloader_class: str = Field(
         default="DataLoader", description="Loader class: DataLoader, MixupDataLoader, TextDataLoader, or an import path."
     )
-    datasplitter: DataSplitterConfig
-    dataloader: DataLoaderConfig = Field(default_factory=DataLoaderConfig)
-    lightning: LightningConfig
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    datasplitter: DataSplitterConfig = Field(description="Where the data is and how it is split (section below).")
+    dataloader: DataLoaderConfig = Field(default_factory=DataLoaderConfig, description="Data loader options (section below).")
+    lightning: LightningConfig = Field(description="Optimizer, schedules and resume overrides (section below).")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="brain-gen's trainer keys and pytorch_lightning.Trainer arguments (section below).")
     eval_runner: dict[str, Any] | None = Field(default=None, description="Automatic evaluation of checkpoints.")
 
     # `model_config` is a pydantic reserved name, hence the alias above.
