@@ -68,3 +68,37 @@ def test_mse_skips_nan_targets():
     loss = MSE()
     assert loss(outputs, targets).item() == pytest.approx(4.0)
     assert loss.metrics["mae"](outputs, targets).item() == pytest.approx(2.0)
+
+
+def test_token_corruption_applies_in_training_only():
+    model = small_model(token_corruption_cfg={"p": 1.0})
+    codes = torch.randint(0, 32, (2, 3, 10))
+    assert torch.equal(model.corrupt(codes), codes)  # eval mode
+    model.train()
+    corrupted = model.corrupt(codes)
+    assert corrupted.shape == codes.shape and corrupted.dtype == codes.dtype
+    assert (corrupted != codes).float().mean() > 0.8 and corrupted.min() >= 0 and corrupted.max() < 32
+    model.update_token_corruption_cfg({"enabled": False})
+    assert torch.equal(model.corrupt(codes), codes)
+    model.update_token_corruption_cfg(None)
+    assert model.token_corruption.p == 1.0 and model.token_corruption.enabled
+
+
+def test_token_corruption_settings_are_checked():
+    with pytest.raises(ValueError, match="p must be in"):
+        small_model(token_corruption_cfg={"p": 2.0})
+    with pytest.raises(ValueError, match="mode 'mask' is not supported"):
+        small_model(token_corruption_cfg={"mode": "mask"})
+    with pytest.raises(ValueError, match="unknown token corruption key"):
+        small_model(token_corruption_cfg={"prob": 0.1})
+
+
+def test_resize_context_keeps_weights_and_accepts_longer_sequences():
+    model = small_model()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if k != "_extra_state"}
+    model.resize_context(input_shape=[3, 40], rope_theta=500.0)
+    assert model.max_position_embeddings == 40 and model.rope_cos.shape == (40, 4)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert model(torch.zeros(1, 3, 40, dtype=torch.long)).shape == (1, 3, 40, 32)
+    with pytest.raises(ValueError, match="channel count cannot change"):
+        model.resize_context(input_shape=[4, 40])
