@@ -133,6 +133,14 @@ def test_reduce_on_plateau_reads_its_monitor(tmp_path, tiny_dataset):
         ({"lr_scheduler": {"class_name": "ReduceLROnPlateau", "monitor": "val/loss"}, "lr_warmup": 3}, "lr_warmup cannot be combined with ReduceLROnPlateau"),
         ({"lr_scheduler": {"class_name": "StepLR", "step_size": 1, "interval": "epoch"}, "lr_warmup": {"steps": 3, "interval": "step"}}, "lr_warmup.interval (step) differs from lr_scheduler.interval (epoch)"),
         ({"resume_lr": 1e-3}, "lightning.resume_lr only applies when resuming; set resume_from or remove the key"),
+        ({"lr_scheduler": {"class_name": "Cosine"}}, "'Cosine' is not a scheduler of torch.optim.lr_scheduler; choose one of ChainedScheduler, ConstantLR, CosineAnnealingLR"),
+        ({"lr_scheduler": {"class_name": "LinearLR", "start_factor": 2}}, "lightning.lr_scheduler: LinearLR rejected its arguments: Starting multiplicative factor expected to be greater than 0 and less or equal to 1"),
+        ({"lr_scheduler": {"class_name": "OneCycleLR", "max_lr": 0.1}}, "lightning.lr_scheduler: OneCycleLR rejected its arguments"),
+        ({"lr_scheduler": {"class_name": "StepLR", "step_size": 1, "last_epoch": 3}}, "lightning.lr_scheduler.last_epoch: set by brain-gen"),
+        (
+            {"lr_scheduler": {"class_name": "ReduceLROnPlateau", "monitor": "val/loss", "interval": "step"}},
+            "lightning.lr_scheduler.monitor: 'val/loss' is not logged at every step (interval: step) (did you mean train/loss?)",
+        ),
     ],
 )
 def test_schedule_mistakes_exit_2_with_one_line(capsys, tmp_path, tiny_dataset, lightning, expected):
@@ -264,7 +272,7 @@ def test_resume_lr_and_weight_decay_show_in_the_logs(tmp_path, tiny_dataset, fir
     decay, no_decay = resumed.trainer.optimizers[0].param_groups
     assert decay["initial_lr"] == no_decay["initial_lr"] == 2e-3 and no_decay["weight_decay"] == 0.0
     sequential = resumed.trainer.lr_scheduler_configs[0].scheduler
-    assert getattr(sequential, "base_lrs", [2e-3, 2e-3]) == [2e-3, 2e-3]
+    assert len(sequential._schedulers) == 2
     assert all(child.base_lrs == [2e-3, 2e-3] for child in sequential._schedulers)
     messages = " ".join(record.getMessage() for record in caplog.records)
     assert "resume: lr set to 0.002" in messages and "resume: weight_decay of the decay group set to 0.03" in messages
@@ -289,6 +297,8 @@ def test_resume_context_lets_the_model_run_at_a_longer_window(tmp_path, tiny_dat
     assert resized.model.rope_cos.shape[0] == 100
     assert resized.trainer.global_step == 4 and "val/loss" in logged
 
+    shrunk = tiny_config(tmp_path / "cli", tiny_dataset, resume_from=checkpoint, lightning={"resume_context": {"max_position_embeddings": 16}})
+    assert "model_config.max_position_embeddings: 16, but windows are 49 steps long" in cli_error(capsys, tmp_path, shrunk)
     config = tiny_config(tmp_path / "cli", tiny_dataset, resume_from=checkpoint, lightning={"resume_context": {"input_shape": [5, 100]}})
     assert "lightning.resume_context: input_shape has 5 channels but ChannelGPT has 4" in cli_error(capsys, tmp_path, config)
     config["lightning"]["resume_context"] = {"spatial_reduction": 2}
@@ -325,6 +335,38 @@ def test_token_corruption_state_travels_in_checkpoints_and_resume_overrides_it(t
     assert reapplied.model.token_corruption.p == 0.3
     replaced, _ = run(tmp_path / "dict", tiny_dataset, model_config=edited_config, resume_from=checkpoint, lightning={"resume_token_corruption": {"p": 0.5, "enabled": True}}, trainer=again)
     assert replaced.model.token_corruption.p == 0.5
+
+
+def test_bad_token_corruption_override_is_caught_before_training(capsys, tmp_path, tiny_dataset, first_run):
+    _, checkpoint = first_run
+    config = tiny_config(tmp_path / "runs", tiny_dataset, resume_from=checkpoint, lightning={"resume_token_corruption": {"p": "often"}})
+    assert "lightning.resume_token_corruption: token corruption p must be a number in [0, 1], got 'often'" in cli_error(capsys, tmp_path, config)
+    assert not (tmp_path / "runs" / "logs").exists()
+
+
+def test_grad_clip_percentage_continues_across_a_resume(tmp_path, tiny_dataset):
+    first, first_logged = run(tmp_path / "a", tiny_dataset, lightning={"grad_clip_threshold": 1e-9}, trainer={"max_epochs": 1, "limit_train_batches": 3})
+    assert values(first_logged, "grad_clip_pct") == pytest.approx([100.0] * 3)
+    # Every earlier step exceeded the old threshold; none exceeds the new one.
+    _, logged = run(tmp_path / "b", tiny_dataset, resume_from=last_checkpoint(first), lightning={"grad_clip_threshold": 1e9}, trainer={"max_epochs": 2, "limit_train_batches": 3})
+    assert values(logged, "grad_clip_pct") == pytest.approx([100 * 3 / 4, 100 * 3 / 5, 100 * 3 / 6])
+
+
+def test_no_decay_rules_by_name_norm_type_and_dimension():
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(5, 4)
+            self.norm = torch.nn.LayerNorm(4)
+            self.linear = torch.nn.Linear(4, 4)
+            self.relative_bias = torch.nn.Parameter(torch.zeros(3, 3))
+            self.scale = torch.nn.Parameter(torch.ones(4))
+            self.frozen = torch.nn.Parameter(torch.ones(4, 4), requires_grad=False)
+
+    module = LitModel(Mixed(), torch.nn.MSELoss(), {"lr": 1e-3, "weight_decay": 0.1})
+    decay, no_decay = module.parameter_groups()
+    assert [name for name, _ in decay] == ["embedding.weight", "linear.weight"]
+    assert sorted(name for name, _ in no_decay) == ["linear.bias", "norm.bias", "norm.weight", "relative_bias", "scale"]
 
 
 def tiny_model() -> dict:

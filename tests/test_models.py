@@ -85,7 +85,7 @@ def test_token_corruption_applies_in_training_only():
 
 
 def test_token_corruption_settings_are_checked():
-    with pytest.raises(ValueError, match="p must be in"):
+    with pytest.raises(ValueError, match="p must be a number in"):
         small_model(token_corruption_cfg={"p": 2.0})
     with pytest.raises(ValueError, match="mode 'mask' is not supported"):
         small_model(token_corruption_cfg={"mode": "mask"})

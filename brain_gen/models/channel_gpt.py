@@ -42,8 +42,10 @@ class TokenCorruption:
     mode: str = "random"
 
     def __post_init__(self):
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"token corruption p must be in [0, 1], got {self.p}")
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"token corruption enabled must be true or false, got {self.enabled!r}")
+        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"token corruption p must be a number in [0, 1], got {self.p!r}")
         if self.mode != "random":
             raise ValueError(f"token corruption mode {self.mode!r} is not supported; use 'random'")
 

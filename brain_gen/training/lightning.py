@@ -41,19 +41,34 @@ def scheduler_classes() -> dict[str, type]:
 
 
 def check_lr_schedule(config: LightningConfig) -> None:
-    """Resolve the scheduler class and check its arguments; fails before anything runs."""
+    """Resolve the scheduler class and check its arguments; fails before anything runs.
+
+    The scheduler is built once on a throwaway optimizer, so that bad values (not
+    only bad names) are found now rather than when training starts.
+    """
     scheduler = config.lr_scheduler
     if scheduler is None:
         return
     classes = scheduler_classes()
     if scheduler.class_name not in classes:
+        hint = did_you_mean(scheduler.class_name, classes, n=3) or f"; choose one of {', '.join(sorted(classes))}"
         raise ConfigError(
-            f"lightning.lr_scheduler.class_name: {scheduler.class_name!r} is not a scheduler of "
-            f"torch.optim.lr_scheduler{did_you_mean(scheduler.class_name, classes, n=3)}"
+            f"lightning.lr_scheduler.class_name: {scheduler.class_name!r} is not a scheduler of torch.optim.lr_scheduler{hint}"
         )
-    problems = check_arguments("lightning.lr_scheduler", classes[scheduler.class_name], scheduler.constructor_kwargs, 1)
+    kwargs = scheduler.constructor_kwargs
+    if "last_epoch" in kwargs:
+        raise ConfigError(
+            "lightning.lr_scheduler.last_epoch: set by brain-gen (a resumed run restores it from the checkpoint); remove it"
+        )
+    scheduler_class = classes[scheduler.class_name]
+    problems = check_arguments("lightning.lr_scheduler", scheduler_class, kwargs, 1)
     if problems:
         raise ConfigError("; ".join(problems))
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    try:
+        scheduler_class(probe, **kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"lightning.lr_scheduler: {scheduler.class_name} rejected its arguments: {exc}") from exc
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -208,6 +223,12 @@ class LitModel(pl.LightningModule):
         schedule, warmup = self.config.lr_scheduler, self.config.lr_warmup
         if schedule is None and warmup is None:
             return None
+        if schedule is not None and schedule.interval != self.config.schedule_interval:
+            log.info(
+                "lightning.lr_scheduler.interval is not set: %s steps per %s, like lr_warmup.interval",
+                schedule.class_name,
+                self.config.schedule_interval,
+            )
         main = None
         if schedule is not None:
             main = scheduler_classes()[schedule.class_name](optimizer, **schedule.constructor_kwargs)
@@ -230,8 +251,9 @@ class LitModel(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after gradients are unscaled and before they are clipped.
         group = optimizer.param_groups[0]
-        self.log("lr", group["lr"], on_step=True, on_epoch=False)
-        self.log("weight_decay", group["weight_decay"], on_step=True, on_epoch=False)
+        # Filled on the device: logging a Python float would copy it over and wait for the GPU.
+        for name in ("lr", "weight_decay"):
+            self.log(name, torch.full((), float(group[name]), device=self.device), on_step=True, on_epoch=False)
         gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not gradients:
             return
@@ -298,7 +320,7 @@ class LitModel(pl.LightningModule):
             settings = None if config.resume_token_corruption is True else config.resume_token_corruption
             try:
                 self.model.update_token_corruption_cfg(settings)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 raise ConfigError(f"lightning.resume_token_corruption: {exc}") from exc
             log.info("resume: token corruption set to %s", "the model config's" if settings is None else settings)
         for optimizer in trainer.optimizers:
@@ -307,7 +329,9 @@ class LitModel(pl.LightningModule):
                     group["lr"] = group["initial_lr"] = config.resume_lr
                 if config.resume_weight_decay is not None and index == self._decay_group_index:
                     group["weight_decay"] = config.resume_weight_decay
-        if config.resume_weight_decay is not None:
+        if config.resume_weight_decay is not None and self._decay_group_index is None:
+            log.warning("resume: the model has no parameters with weight decay; resume_weight_decay changes nothing")
+        elif config.resume_weight_decay is not None:
             log.info("resume: weight_decay of the decay group set to %g", config.resume_weight_decay)
         if config.resume_lr is not None:
             log.info("resume: lr set to %g, and every scheduler's base lr with it", config.resume_lr)
@@ -351,8 +375,16 @@ def check_resume_support(model: nn.Module, config: LightningConfig) -> None:
                     raise ConfigError(
                         f"lightning.resume_context.{key}: {type(model).__name__}.resize_context cannot change it"
                     )
-    if config.resume_token_corruption not in (None, False) and not hasattr(model, "update_token_corruption_cfg"):
-        raise ConfigError(
-            f"lightning.resume_token_corruption: {type(model).__name__} has no update_token_corruption_cfg method; "
-            "remove the key"
-        )
+    if config.resume_token_corruption not in (None, False):
+        if not hasattr(model, "update_token_corruption_cfg"):
+            raise ConfigError(
+                f"lightning.resume_token_corruption: {type(model).__name__} has no update_token_corruption_cfg method; "
+                "remove the key"
+            )
+        # Tried on the fresh model now; the checkpoint restores its own settings and the
+        # override is applied again after that.
+        settings = None if config.resume_token_corruption is True else config.resume_token_corruption
+        try:
+            model.update_token_corruption_cfg(settings)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"lightning.resume_token_corruption: {exc}") from exc

@@ -82,6 +82,8 @@ class ExperimentDL:
 
         # Model and loss first: their config mistakes surface before any data is read.
         model = instantiate("model_config", model_class, config.model_kwargs)
+        if not any(parameter.requires_grad for parameter in model.parameters()):
+            raise ConfigError(f"model_name: {config.model_name} has no trainable parameters; nothing to train")
         check_resume_support(model, config.lightning)
         loss = instantiate("loss", loss_class, config.loss)
         self.splits = DataSplitter(config.datasplitter, cache_dir=self.save_dir / "cache").split()
@@ -110,10 +112,13 @@ class ExperimentDL:
         scheduler = self.config.lightning.lr_scheduler
         if scheduler is None or scheduler.monitor is None:
             return
-        logged = self.lit_model.logged_metric_names(with_validation=len(self.datasets["val"]) > 0)
+        # A per-step schedule reads its monitor after every step, when only training metrics exist.
+        per_step = self.config.lightning.schedule_interval == "step"
+        logged = self.lit_model.logged_metric_names(with_validation=not per_step and len(self.datasets["val"]) > 0)
         if scheduler.monitor not in logged:
+            when = "is not logged at every step (interval: step)" if per_step else "is never logged"
             raise ConfigError(
-                f"lightning.lr_scheduler.monitor: {scheduler.monitor!r} is never logged"
+                f"lightning.lr_scheduler.monitor: {scheduler.monitor!r} {when}"
                 f"{did_you_mean(scheduler.monitor, logged)}; logged metrics: {', '.join(logged)}"
             )
 
@@ -296,10 +301,11 @@ def check_model_fits_data(model: torch.nn.Module, dataset: Any, resume_context: 
         raise ConfigError(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes (mu + 1); set it to {data_vocab}")
     model_positions = getattr(model, "max_position_embeddings", None)
     if model_positions is not None and resume_context is not None:
-        resized = [resume_context.max_position_embeddings]
-        if resume_context.input_shape and len(resume_context.input_shape) == 2:
-            resized.append(resume_context.input_shape[1])
-        model_positions = max([model_positions] + [value for value in resized if value])
+        # The geometry after resizing: an explicit length wins, a longer input_shape raises it.
+        if resume_context.max_position_embeddings is not None:
+            model_positions = resume_context.max_position_embeddings
+        elif resume_context.input_shape and len(resume_context.input_shape) == 2:
+            model_positions = max(model_positions, resume_context.input_shape[1])
     data_length = getattr(dataset, "sequence_length", None)
     if model_positions is not None and data_length is not None and model_positions < data_length:
         raise ConfigError(
