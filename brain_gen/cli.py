@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from brain_gen.config.errors import BrainGenError
+from brain_gen.config.errors import BrainGenError, ConfigError
+from brain_gen.dataset.text import DEFAULT_SPECIAL_TOKENS
 
 EXIT_BAD_INPUT = 2
 
@@ -49,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(
         commands.add_parser("validate", help="check config, data and model without training, and summarize them")
     )
+    tokenizer = commands.add_parser(
+        "tokenizer-text", help="train a BPE tokenizer on the training split rendered as text (BPEDataset)"
+    )
+    _add_run_arguments(tokenizer)
+    tokenizer.add_argument("--out", help="folder to write tokenizer/ into (default: dataloader.tokenizer_path)")
+    tokenizer.add_argument("--vocab-size", type=int, default=4096, help="size of the BPE vocabulary (default: 4096)")
+    tokenizer.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences for a merge (default: 2)")
+    tokenizer.add_argument("--max-windows", type=int, help="train on at most this many training windows")
+    for role, token in DEFAULT_SPECIAL_TOKENS.items():
+        tokenizer.add_argument(f"--{role.replace('_', '-')}", default=token, help=f"the {role.split('_')[0]} token (default: {token})")
     demo = commands.add_parser("demo", help="train a small model on a generated dataset")
     demo.add_argument("--out", default="demo_run", help="folder for the demo data, config and runs (default: demo_run)")
     _add_common_arguments(demo)
@@ -91,6 +102,19 @@ def run_validate(args: argparse.Namespace) -> None:
         print(f"  note : train stops on keys whose behaviour is not implemented yet: {', '.join(summary['pending'])}")
 
 
+def run_tokenizer_text(args: argparse.Namespace) -> None:
+    from brain_gen.training.train import ExperimentDL
+
+    experiment = ExperimentDL(args.config, args.overrides)
+    out_dir = args.out or experiment.config.dataloader.tokenizer_path
+    if out_dir is None:
+        raise ConfigError("tokenizer-text --out: give --out or set dataloader.tokenizer_path")
+    special_tokens = {role: getattr(args, role) for role in DEFAULT_SPECIAL_TOKENS}
+    folder = experiment.train_text_tokenizer(out_dir, args.vocab_size, args.min_frequency, special_tokens, args.max_windows)
+    print(f"tokenizer written to {folder}")
+    print(f"use it with: dataloader_class: TextDataLoader and dataloader.tokenizer_path: {Path(out_dir).resolve()}")
+
+
 def run_demo(args: argparse.Namespace) -> None:
     from brain_gen.demo import demo_config, make_synthetic_dataset
     from brain_gen.training.train import ExperimentDL
@@ -117,7 +141,13 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"open TensorBoard with: tensorboard --logdir {experiment.save_dir}")
 
 
-COMMANDS = {"train": run_train, "test": run_test, "validate": run_validate, "demo": run_demo}
+COMMANDS = {
+    "train": run_train,
+    "test": run_test,
+    "validate": run_validate,
+    "tokenizer-text": run_tokenizer_text,
+    "demo": run_demo,
+}
 
 
 class _BelowWarning(logging.Filter):

@@ -14,7 +14,6 @@ def pending_features(config: ExperimentConfig) -> list[str]:
     """The keys of ``config`` that ask for behaviour brain-gen does not have yet."""
     trainer = config.trainer
     asks = {
-        f"dataloader_class: {config.dataloader_class}": config.dataloader_class in ("MixupDataLoader", "TextDataLoader"),
         "resume_from: last": config.resume_from == "last",
         "eval_runner": config.eval_runner is not None,
         "trainer.early_stopping": trainer.early_stopping is not None,

@@ -4,4 +4,5 @@
 DATASETS = {
     "ChunkDataset": "brain_gen.dataset.datasets:ChunkDataset",
     "ChunkDatasetContinuous": "brain_gen.dataset.datasets:ChunkDatasetContinuous",
+    "BPEDataset": "brain_gen.dataset.text:BPEDataset",
 }

@@ -64,18 +64,39 @@ class WindowDataset(Dataset):
 
 
 class ChunkDatasetContinuous(WindowDataset):
-    """Float next-step pairs ``(x[:, :-1], x[:, 1:])``; missing channels have NaN targets."""
+    """Float next-step inputs ``x[:, :-1]`` with targets ``x[:, 1:]``.
 
-    def __init__(self, split: Split):
+    Args:
+        split: the split to read.
+        target: ``float`` (default): the next values, NaN for missing channels.
+            ``codes``: the next values as int64 mu-law codes (-100 for missing
+            channels), for MixupDataLoader with ``quantize: true``, which mixes the
+            float inputs and then codes them the same way.
+        mu, max_val: the mu-law coding of ``codes`` targets.
+    """
+
+    def __init__(self, split: Split, target: str = "float", mu: int = 255, max_val: float = 10.0):
         super().__init__(split)
+        if target not in ("float", "codes"):
+            raise ValueError(f"target must be 'float' or 'codes', got {target!r}")
+        if not max_val > 0 or mu < 1:
+            raise ValueError(f"mu must be at least 1 and max_val positive, got mu={mu}, max_val={max_val}")
+        self.target = target
+        self.mu = int(mu)
+        self.max_val = float(max_val)
         self.sequence_length = split.window_samples - 1
-        self.vocab_size = None
+        self.vocab_size = self.mu + 1 if target == "codes" else None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         window, present = self.read_window(index)
         x = torch.from_numpy(window)
-        targets = x[:, 1:].clone()
-        targets[torch.from_numpy(~present)] = float("nan")
+        missing = torch.from_numpy(~present)
+        if self.target == "codes":
+            targets = mu_law_encode(x[:, 1:], self.mu, self.max_val)
+            targets[missing] = IGNORE_INDEX
+        else:
+            targets = x[:, 1:].clone()
+            targets[missing] = float("nan")
         return x[:, :-1], targets
 
 

@@ -11,11 +11,21 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from brain_gen.dataset.datasets import IGNORE_INDEX
 
 
-class CrossEntropy(nn.Module):
-    """Cross entropy of logits ``[..., V]`` against int64 codes ``[...]``.
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices of integer targets, or of soft targets (their most likely class; -100 for empty rows)."""
+    if not targets.is_floating_point():
+        return targets
+    labels = targets.argmax(dim=-1)
+    return labels.masked_fill(targets.sum(dim=-1) <= 0, IGNORE_INDEX)
 
-    Targets equal to -100 (channels a session lacks) are skipped. Metric: ``accuracy``,
-    the share of non-skipped positions whose most likely code is the target.
+
+class CrossEntropy(nn.Module):
+    """Cross entropy of logits ``[..., V]`` against int64 classes ``[...]`` or probabilities ``[..., V]``.
+
+    Integer targets equal to -100 (channels a session lacks) are skipped, and so are
+    all-zero probability rows. Probability targets come from MixupDataLoader. Metric:
+    ``accuracy``, the share of kept positions whose most likely class is the target
+    (for probability targets: their most likely class).
     """
 
     def __init__(self, label_smoothing: float = 0.0):
@@ -24,23 +34,28 @@ class CrossEntropy(nn.Module):
         self.metrics = {"accuracy": self.accuracy}
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        classes = outputs.shape[-1]
+        logits = outputs.reshape(-1, classes).float()
+        if targets.is_floating_point() and targets.shape == outputs.shape:
+            probabilities = targets.reshape(-1, classes).float()
+            kept = probabilities.sum(dim=-1) > 0
+            if self.label_smoothing:
+                mass = probabilities.sum(dim=-1, keepdim=True)
+                probabilities = probabilities * (1 - self.label_smoothing) + mass * self.label_smoothing / classes
+            per_row = -(probabilities * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+            return per_row[kept].mean()
         if outputs.shape[:-1] != targets.shape or targets.is_floating_point():
             raise ValueError(
-                f"CrossEntropy needs logits [..., classes] and integer targets [...], got {tuple(outputs.shape)} "
-                f"and {targets.dtype} {tuple(targets.shape)}"
+                f"CrossEntropy needs logits [..., classes] with integer targets [...] or probabilities "
+                f"[..., classes], got {tuple(outputs.shape)} and {targets.dtype} {tuple(targets.shape)}"
             )
-        return F.cross_entropy(
-            outputs.reshape(-1, outputs.shape[-1]).float(),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            label_smoothing=self.label_smoothing,
-        )
+        return F.cross_entropy(logits, targets.reshape(-1), ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
 
     @staticmethod
     def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return multiclass_accuracy(
             outputs.reshape(-1, outputs.shape[-1]).argmax(dim=-1),
-            targets.reshape(-1),
+            hard_labels(targets).reshape(-1),
             num_classes=outputs.shape[-1],
             average="micro",
             ignore_index=IGNORE_INDEX,

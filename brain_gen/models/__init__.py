@@ -3,4 +3,5 @@
 # Built-in model classes by config name (`model_name`).
 MODELS = {
     "ChannelGPT": "brain_gen.models.channel_gpt:ChannelGPT",
+    "TextGPT": "brain_gen.models.text_gpt:TextGPT",
 }

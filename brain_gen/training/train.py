@@ -13,14 +13,17 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.loading import load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.registry import instantiate, resolve_class
-from brain_gen.config.schema import ResumeContextConfig
+from brain_gen.config.schema import MIXUP_KEYS, TEXT_KEYS, ExperimentConfig, ResumeContextConfig
 from brain_gen.dataset import DATASETS
+from brain_gen.dataset.datamodule import BrainDataModule
+from brain_gen.dataset.mixup import MixupDataLoader
+from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
@@ -29,7 +32,7 @@ from brain_gen.training.lightning import LitModel, check_lr_schedule, check_resu
 log = logging.getLogger(__name__)
 
 # Loader classes by config name (`dataloader_class`); the names are importable from this module.
-LOADERS = {"DataLoader": f"{__name__}:DataLoader"}
+LOADERS = {name: f"{__name__}:{name}" for name in ("DataLoader", "MixupDataLoader", "TextDataLoader")}
 
 try:  # Lightning >= 2.1 raises this for impossible Trainer settings (e.g. a missing GPU).
     from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -70,13 +73,24 @@ class ExperimentDL:
         if pending:
             raise ConfigError(f"not implemented yet: {', '.join(pending)}; remove or switch off these keys")
 
+    def build_datasets(self) -> None:
+        """Scan and split the data and build the three datasets (once)."""
+        if self.datasets:
+            return
+        splitter_config = self.config.datasplitter
+        dataset_class = resolve_class("datasplitter.dataset_class", splitter_config.dataset_class, DATASETS)
+        self.splits = DataSplitter(splitter_config, cache_dir=self.save_dir / "cache").split()
+        self.datasets = {
+            name: instantiate("datasplitter.dataset_kwargs", dataset_class, splitter_config.dataset_kwargs, split)
+            for name, split in self.splits.items()
+        }
+
     def build(self) -> None:
-        """Scan and split the data, build the datasets, the model and the loss (once)."""
+        """Build model, loss, datasets, loaders and LitModel, checking that they fit together (once)."""
         if self.lit_model is not None:
             return
         config = self.config
-        self.loader_class = resolve_class("dataloader_class", config.dataloader_class, LOADERS)
-        dataset_class = resolve_class("datasplitter.dataset_class", config.datasplitter.dataset_class, DATASETS)
+        loader_class = resolve_class("dataloader_class", config.dataloader_class, LOADERS)
         model_class = resolve_class("model_name", config.model_name, MODELS)
         loss_class = resolve_class("loss_name", config.loss_name, LOSSES)
 
@@ -86,18 +100,20 @@ class ExperimentDL:
             raise ConfigError(f"model_name: {config.model_name} has no trainable parameters; nothing to train")
         check_resume_support(model, config.lightning)
         loss = instantiate("loss", loss_class, config.loss)
-        self.splits = DataSplitter(config.datasplitter, cache_dir=self.save_dir / "cache").split()
-        self.datasets = {
-            name: instantiate("datasplitter.dataset_kwargs", dataset_class, config.datasplitter.dataset_kwargs, split)
-            for name, split in self.splits.items()
-        }
+        self.build_datasets()
+        extras, eval_extras = loader_extras(config)
+        self.datamodule = BrainDataModule(self.datasets, loader_class, config.dataloader, extras, eval_extras)
+        train_loader = self.datamodule.make_loader("train")
+        check_loader_fits_data(config, self.datasets["train"])
         resume_context = config.lightning.resume_context if config.resume_from else None
-        check_model_fits_data(model, self.datasets["train"], resume_context)
+        check_model_fits_data(model, self.datasets["train"], resume_context, train_loader)
         lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
         try:
             # Skipped when resume_context will reshape the model first: before that it cannot fit the data.
             if resume_context is None:
-                lit_model.trial_step(default_collate([self.datasets["train"][0]]))
+                lit_model.trial_step(train_loader.collate_fn([self.datasets["train"][0]]))
+        except ConfigError:
+            raise
         except Exception as exc:
             raise ConfigError(
                 f"model_name / loss_name / datasplitter.dataset_class: {config.model_name} with {config.loss_name} "
@@ -124,23 +140,8 @@ class ExperimentDL:
 
     def dataloader(self, split: str) -> DataLoader | None:
         """The loader of one split, or None when that split has no windows."""
-        dataset = self.datasets[split]
-        if len(dataset) == 0:
-            return None
-        options = self.config.dataloader
-        training = split == "train"
-        kwargs: dict[str, Any] = dict(
-            batch_size=options.batch_size,
-            shuffle=training,
-            # Only training drops the last partial batch: evaluation must see every window.
-            drop_last=options.drop_last and training,
-            num_workers=options.num_workers,
-            pin_memory=options.pin_memory,
-            persistent_workers=options.persistent_workers,
-        )
-        if options.num_workers > 0:
-            kwargs["prefetch_factor"] = options.prefetch_factor
-        return self.loader_class(dataset, **kwargs)
+        self.build()
+        return self.datamodule.make_loader(split)
 
     def _build_trainer(self, logger: TensorBoardLogger | bool) -> pl.Trainer:
         trainer_config = self.config.trainer
@@ -186,12 +187,7 @@ class ExperimentDL:
         trainer = self._start_run()
         log.info("run folder: %s", trainer.logger.log_dir)
         try:
-            trainer.fit(
-                self.lit_model,
-                train_dataloaders=self.dataloader("train"),
-                val_dataloaders=self.dataloader("val"),
-                ckpt_path=self.config.resume_from,
-            )
+            trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
         except MisconfigurationException as exc:
             raise ConfigError(f"trainer: {exc}") from exc
         return trainer
@@ -216,10 +212,31 @@ class ExperimentDL:
         if not checkpoint:
             raise ConfigError("resume_from: testing needs a checkpoint; set resume_from to a .ckpt file")
         trainer = self.trainer if self._trained_checkpoint() else self._start_run()
-        loader = self.dataloader("test")
-        if loader is None:
+        if len(self.datasets["test"]) == 0:
             raise ConfigError("datasplitter.test_ratio: the test split has no windows; raise test_ratio or add data")
-        return trainer.test(self.lit_model, dataloaders=loader, ckpt_path=checkpoint)
+        return trainer.test(self.lit_model, datamodule=self.datamodule, ckpt_path=checkpoint)
+
+    def train_text_tokenizer(
+        self,
+        out_dir: str | os.PathLike,
+        vocab_size: int = 4096,
+        min_frequency: int = 2,
+        special_tokens: dict[str, str] | None = None,
+        max_windows: int | None = None,
+    ) -> Path:
+        """Train a BPE tokenizer on the training split's text groups; returns ``<out_dir>/tokenizer``."""
+        if not (Path(out_dir) / "tokenizer").exists():
+            check_writable_folder("tokenizer-text --out", Path(out_dir))
+        self.build_datasets()
+        dataset = self.datasets["train"]
+        if not hasattr(dataset, "alphabet"):
+            raise ConfigError(
+                f"datasplitter.dataset_class: tokenizer-text needs text groups, but {self.config.datasplitter.dataset_class} "
+                "gives none; use BPEDataset"
+            )
+        count = len(dataset) if max_windows is None else min(max_windows, len(dataset))
+        samples = (dataset[index] for index in range(count))
+        return train_text_tokenizer(samples, out_dir, list(dataset.alphabet), vocab_size, min_frequency, special_tokens)
 
     def validate(self) -> dict[str, Any]:
         """Check config, data, model and Trainer settings without training; return a summary."""
@@ -283,7 +300,37 @@ def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
     return [best, last]
 
 
-def check_model_fits_data(model: torch.nn.Module, dataset: Any, resume_context: ResumeContextConfig | None = None) -> None:
+def loader_extras(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments of the chosen loader class: for every loader, and changes for val/test."""
+    options = config.dataloader
+    if config.dataloader_class == "MixupDataLoader":
+        return {key: getattr(options, key) for key in MIXUP_KEYS}, {"mix": False}
+    if config.dataloader_class == "TextDataLoader":
+        return {key: getattr(options, key) for key in TEXT_KEYS}, {}
+    return {}, {}
+
+
+def check_loader_fits_data(config: ExperimentConfig, dataset: Any) -> None:
+    """MixupDataLoader must be able to mix the targets, and quantize inputs as the targets are coded."""
+    if config.dataloader_class != "MixupDataLoader" or len(dataset) == 0:
+        return
+    options = config.dataloader
+    _, targets = dataset[0]
+    if not targets.is_floating_point() and options.num_classes is None:
+        raise ConfigError("dataloader.num_classes: the targets are integer classes, so MixupDataLoader needs num_classes to one-hot them")
+    vocab = getattr(dataset, "vocab_size", None)
+    if options.num_classes is not None and vocab is not None and options.num_classes != vocab:
+        raise ConfigError(f"dataloader.num_classes: {options.num_classes}, but the targets have {vocab} classes; set it to {vocab}")
+    if options.quantize and vocab is not None:
+        for key in ("mu", "max_val"):
+            if getattr(dataset, key, getattr(options, key)) != getattr(options, key):
+                raise ConfigError(
+                    f"dataloader.{key}: {getattr(options, key)}, but the dataset codes its targets with {key}="
+                    f"{getattr(dataset, key)}; inputs and targets must be quantized alike"
+                )
+
+
+def check_model_fits_data(model: torch.nn.Module, dataset: Any, resume_context: ResumeContextConfig | None = None, loader: Any = None) -> None:
     """Compare the model's declared input geometry with what the dataset produces.
 
     Models and datasets that expose ``num_channels``, ``vocab_size`` or
@@ -296,9 +343,10 @@ def check_model_fits_data(model: torch.nn.Module, dataset: Any, resume_context: 
     if model_channels is not None and data_channels is not None and model_channels != data_channels:
         raise ConfigError(f"model_config.num_channels: {model_channels}, but the data has {data_channels} channels; set it to {data_channels}")
     model_vocab = getattr(model, "vocab_size", None)
-    data_vocab = getattr(dataset, "vocab_size", None)
+    # A text loader's tokenizer, when there is one, decides the vocabulary.
+    data_vocab = getattr(loader, "vocab_size", None) or getattr(dataset, "vocab_size", None)
     if model_vocab is not None and data_vocab is not None and model_vocab < data_vocab:
-        raise ConfigError(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes (mu + 1); set it to {data_vocab}")
+        raise ConfigError(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes or tokens; set it to {data_vocab}")
     model_positions = getattr(model, "max_position_embeddings", None)
     if model_positions is not None and resume_context is not None:
         # The geometry after resizing: an explicit length wins, a longer input_shape raises it.
@@ -306,7 +354,7 @@ def check_model_fits_data(model: torch.nn.Module, dataset: Any, resume_context: 
             model_positions = resume_context.max_position_embeddings
         elif resume_context.input_shape and len(resume_context.input_shape) == 2:
             model_positions = max(model_positions, resume_context.input_shape[1])
-    data_length = getattr(dataset, "sequence_length", None)
+    data_length = getattr(dataset, "sequence_length", None) or getattr(loader, "sequence_length", None)
     if model_positions is not None and data_length is not None and model_positions < data_length:
         raise ConfigError(
             f"model_config.max_position_embeddings: {model_positions}, but windows are {data_length} steps long; "

@@ -1,0 +1,159 @@
+"""MixupDataLoader: blends each training batch with a re-paired copy of itself.
+
+One weight lam ~ Beta(alpha, alpha) is drawn per batch and folded to max(lam, 1 - lam),
+so every sample keeps the larger share of itself. The batch is blended with a
+permutation of itself made of random pairs (i <-> j): each output then depends on
+exactly two inputs, and the blend is written straight into the collated batch in
+one pass over memory instead of collating first and mixing after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, default_collate, get_worker_info
+
+from brain_gen.config.errors import ConfigError
+from brain_gen.dataset.datasets import IGNORE_INDEX
+from brain_gen.dataset.mulaw import mu_law_encode
+
+
+def _first_float_position(inputs: Any) -> int | None:
+    """Index of the first floating tensor in a tuple of inputs (None: the input itself)."""
+    for position, item in enumerate(inputs):
+        if torch.is_tensor(item) and item.is_floating_point():
+            return position
+    raise ConfigError("dataloader_class: MixupDataLoader needs a floating-point input tensor to mix; the dataset gives none")
+
+
+def _new_batch_tensor(like: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """An uninitialised [batch, *like.shape] tensor; in shared memory inside a worker, as default_collate does."""
+    if get_worker_info() is not None:
+        storage = like._typed_storage()._new_shared(like.numel() * batch_size, device=like.device)
+        return like.new(storage).resize_(batch_size, *like.shape)
+    return torch.empty((batch_size, *like.shape), dtype=like.dtype)
+
+
+def mix_pairs(samples: list[torch.Tensor], pairs: list[tuple[int, int]], lam: float) -> torch.Tensor:
+    """Collate ``samples`` while blending each pair: out[i] = lam*x[i] + (1-lam)*x[j] and vice versa."""
+    out = _new_batch_tensor(samples[0], len(samples))
+    for i, j in pairs:
+        if i == j:
+            out[i].copy_(samples[i])
+            continue
+        torch.lerp(samples[j], samples[i], lam, out=out[i])
+        torch.lerp(samples[i], samples[j], lam, out=out[j])
+    return out
+
+
+def one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Float one-hot targets; ignored positions (-100) become all-zero rows."""
+    kept = targets != IGNORE_INDEX
+    if ((targets < 0) & kept).any() or (targets >= num_classes).any():
+        raise ConfigError(
+            f"dataloader.num_classes: targets run from {int(targets[kept].min())} to {int(targets.max())}, "
+            f"outside 0..{num_classes - 1}; set num_classes to the number of classes"
+        )
+    encoded = torch.nn.functional.one_hot(targets.clamp(min=0), num_classes).float()
+    return encoded * kept.unsqueeze(-1)
+
+
+class MixupCollate:
+    """The collate function of MixupDataLoader (a class, so worker processes can pickle it)."""
+
+    def __init__(
+        self,
+        mixup_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        num_classes: int | None = None,
+        quantize: bool = False,
+        mu: int = 255,
+        max_val: float = 10.0,
+        mix: bool = True,
+    ):
+        self.mixup_alpha = mixup_alpha
+        self.mixup_prob = mixup_prob
+        self.num_classes = num_classes
+        self.quantize = quantize
+        self.mu = mu
+        self.max_val = max_val
+        self.mix = mix
+
+    def draw_weight(self) -> float | None:
+        """This batch's lam, or None when the batch is not mixed."""
+        if not self.mix or self.mixup_alpha <= 0 or torch.rand(()).item() >= self.mixup_prob:
+            return None
+        lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+        return max(lam, 1.0 - lam)
+
+    def __call__(self, batch: list[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor]:
+        inputs = [sample[0] for sample in batch]
+        targets = [sample[1] for sample in batch]
+        integer_targets = not targets[0].is_floating_point()
+        if self.mix and integer_targets and self.num_classes is None:
+            raise ConfigError(
+                "dataloader.num_classes: the targets are integer classes, so mixing needs num_classes to one-hot them"
+            )
+        lam = self.draw_weight()
+        order = torch.randperm(len(batch)).tolist()
+        pairs = [(order[k], order[k + 1]) for k in range(0, len(order) - 1, 2)]
+        if len(order) % 2:
+            pairs.append((order[-1], order[-1]))
+
+        # Inputs: only the first floating tensor is blended; positions, channel types and
+        # other tensors of a tuple input are collated untouched.
+        tuple_input = isinstance(inputs[0], (tuple, list))
+        position = _first_float_position(inputs[0]) if tuple_input else None
+        signals = [item[position] for item in inputs] if tuple_input else inputs
+        mixed = mix_pairs(signals, pairs, lam) if lam is not None else default_collate(signals)
+        if self.quantize:
+            mixed = mu_law_encode(mixed, self.mu, self.max_val)
+        if tuple_input:
+            collated = list(default_collate([tuple(item) for item in inputs]))
+            collated[position] = mixed
+            batch_inputs: Any = type(inputs[0])(collated) if isinstance(inputs[0], tuple) else collated
+        else:
+            batch_inputs = mixed
+
+        if not self.mix:
+            return batch_inputs, default_collate(targets)
+        if integer_targets:
+            # Soft targets on every training batch, mixed or not, so the loss sees one kind.
+            targets = [one_hot(target, self.num_classes) for target in targets]
+        batch_targets = mix_pairs(targets, pairs, lam) if lam is not None else default_collate(targets)
+        return batch_inputs, batch_targets
+
+
+class MixupDataLoader(DataLoader):
+    """A DataLoader whose batches are MixUp blends (training) or quantized only (``mix=False``).
+
+    Args:
+        dataset: any dataset of ``(inputs, targets)`` pairs.
+        mixup_alpha: alpha of Beta(alpha, alpha); 0 never mixes.
+        mixup_prob: chance that a batch is mixed.
+        num_classes: integer targets are one-hot encoded with this many classes and
+            blended into probabilities; required for integer targets.
+        quantize: after mixing, divide inputs by ``max_val`` and mu-law encode them with
+            ``mu`` into int64 codes.
+        mu, max_val: the quantization.
+        mix: False for validation and test loaders: same quantization, no mixing.
+        **kwargs: any torch DataLoader argument (batch_size, shuffle, num_workers, ...).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        mixup_alpha: float = 0.0,
+        mixup_prob: float = 1.0,
+        num_classes: int | None = None,
+        quantize: bool = False,
+        mu: int = 255,
+        max_val: float = 10.0,
+        mix: bool = True,
+        **kwargs: Any,
+    ):
+        if "collate_fn" in kwargs:
+            raise ValueError("MixupDataLoader makes its own collate_fn")
+        self.mixup = MixupCollate(mixup_alpha, mixup_prob, num_classes, quantize, mu, max_val, mix)
+        super().__init__(dataset, collate_fn=self.mixup, **kwargs)

@@ -1,0 +1,265 @@
+"""Brain signals as text: mu-law codes become characters, BPE learns their patterns.
+
+Each code c is written as the character ``chr(CODE_CHAR_OFFSET + c)``. A window is
+cut into groups of ``group_size`` time steps; in each group, every channel becomes
+one "word" of ``group_size`` characters. A Hugging Face ``tokenizers`` BPE model is
+trained on these words, and TextDataLoader turns samples into token batches:
+
+    [BOS] w(ch0) [SEP] w(ch1) [SEP] ... [BOS] w(ch0) [SEP] ...     (use_separator: true)
+    w(ch0) w(ch1) ... w(ch0) w(ch1) ...                             (use_separator: false)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from brain_gen.config.errors import ConfigError
+from brain_gen.dataset.datasets import IGNORE_INDEX, ChunkDataset
+from brain_gen.dataset.mulaw import mu_law_encode
+from brain_gen.dataset.splitter import Split
+
+# Codes map to Latin Extended and later letters: never whitespace, never a special token.
+CODE_CHAR_OFFSET = 0x100
+SPECIAL_TOKEN_ROLES = ("pad_token", "sep_token", "bos_token", "unk_token")
+DEFAULT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "sep_token": "[SEP]", "bos_token": "[BOS]", "unk_token": "[UNK]"}
+TOKENIZER_FILE = "tokenizer.json"
+NO_CHANNEL = -1
+
+
+def code_alphabet(mu: int) -> list[str]:
+    """The characters of codes 0..mu."""
+    return [chr(CODE_CHAR_OFFSET + code) for code in range(mu + 1)]
+
+
+class ChannelGroups(list):
+    """A sample: a list of groups, each the list of per-channel strings of one group of time steps.
+
+    ``channels`` gives, for each string position in a group, the channel's index in
+    the dataset's channel layout (channels a session lacks are left out).
+    """
+
+    def __init__(self, groups: Iterable[list[str]], channels: list[int]):
+        super().__init__(groups)
+        self.channels = channels
+
+
+class BPEDataset(ChunkDataset):
+    """Windows of mu-law codes rendered as text groups for BPE.
+
+    Args:
+        split: the split to read.
+        max_val, mu: the mu-law coding (as ChunkDataset).
+        group_size: time steps per group; every channel's string in a group has this
+            many characters (the last group of a window may be shorter).
+    """
+
+    def __init__(self, split: Split, max_val: float = 10.0, mu: int = 255, group_size: int = 4):
+        super().__init__(split, max_val=max_val, mu=mu)
+        if group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {group_size}")
+        self.group_size = int(group_size)
+        self.alphabet = np.array(code_alphabet(self.mu))
+        # A text sequence has no fixed length in time steps: the model is checked against
+        # the tokenizer instead.
+        self.sequence_length = None
+        self.vocab_size = None
+
+    def __getitem__(self, index: int) -> ChannelGroups:
+        window, present = self.read_window(index)
+        codes = self.encode(window)
+        channels = np.flatnonzero(present)
+        letters = self.alphabet[codes[channels]]  # [channels, time] array of characters
+        rows = ["".join(row) for row in letters]
+        step = self.group_size
+        groups = [[row[start : start + step] for row in rows] for start in range(0, codes.shape[1], step)]
+        return ChannelGroups(groups, channels.tolist())
+
+    def encode(self, window: np.ndarray) -> np.ndarray:
+        return mu_law_encode(torch.from_numpy(window), self.mu, self.max_val).numpy()
+
+
+def load_special_tokens(tokenizer_dir: Path) -> dict[str, str]:
+    config_path = tokenizer_dir / "tokenizer_config.json"
+    if not config_path.is_file():
+        return dict(DEFAULT_SPECIAL_TOKENS)
+    config = json.loads(config_path.read_text())
+    return {role: config.get(role, default) for role, default in DEFAULT_SPECIAL_TOKENS.items()}
+
+
+def open_tokenizer(tokenizer_path: str | Path):
+    """The tokenizer in ``<tokenizer_path>/tokenizer/`` and its special tokens by role."""
+    from tokenizers import Tokenizer
+
+    folder = Path(tokenizer_path) / "tokenizer"
+    if not Path(tokenizer_path).is_dir():
+        raise ConfigError(f"dataloader.tokenizer_path: folder not found: {tokenizer_path}; train one with brain-gen tokenizer-text")
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise ConfigError(
+            f"dataloader.tokenizer_path: {folder / TOKENIZER_FILE} not found; the folder must contain tokenizer/ "
+            "as written by brain-gen tokenizer-text"
+        )
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    except Exception as exc:  # the library raises its own exception types
+        raise ConfigError(f"dataloader.tokenizer_path: cannot read {folder / TOKENIZER_FILE} ({exc})") from exc
+    return tokenizer, load_special_tokens(folder)
+
+
+class TextCollate:
+    """Turns ChannelGroups samples into ``((input_ids, attention_mask, channel_ids), targets)``.
+
+    All samples are tokenized in one ``encode_batch`` call; each token's channel is
+    read from its character offsets through a per-character channel map, so there
+    is no Python loop over tokens.
+    """
+
+    def __init__(self, tokenizer_path: str | Path, max_length: int | None = None, use_separator: bool = True):
+        self.tokenizer_path = str(tokenizer_path)
+        self.max_length = max_length
+        self.use_separator = use_separator
+        self._tokenizer = None
+        tokenizer, self.special_tokens = open_tokenizer(tokenizer_path)
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.pad_id = self._token_id(tokenizer, "pad_token")
+        for role in ("sep_token", "bos_token"):
+            if use_separator:
+                self._token_id(tokenizer, role)
+        self._tokenizer = tokenizer
+
+    def _token_id(self, tokenizer, role: str) -> int:
+        token = self.special_tokens[role]
+        token_id = tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ConfigError(f"dataloader.tokenizer_path: the tokenizer has no {role} {token!r}; retrain it with brain-gen tokenizer-text")
+        return token_id
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:  # reopened in worker processes
+            self._tokenizer, _ = open_tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tokenizer"] = None
+        return state
+
+    def render(self, sample: list[list[str]]) -> tuple[str, np.ndarray]:
+        """The text of one sample and the channel of each of its characters (-1: separators)."""
+        channels = getattr(sample, "channels", None) or list(range(len(sample[0])))
+        words, owners = [], []
+        sep, bos = self.special_tokens["sep_token"], self.special_tokens["bos_token"]
+        for group in sample:
+            if self.use_separator:
+                words.append(bos)
+                owners.append(NO_CHANNEL)
+            for position, word in enumerate(group):
+                if self.use_separator and position:
+                    words.append(sep)
+                    owners.append(NO_CHANNEL)
+                words.append(word)
+                owners.append(channels[position])
+        lengths = np.fromiter((len(word) for word in words), dtype=np.int64, count=len(words))
+        # Each word is followed by one space (owned by nobody), except the last.
+        char_owner = np.repeat(np.stack([np.array(owners), np.full(len(words), NO_CHANNEL)], 1).ravel()[:-1],
+                               np.stack([lengths, np.ones_like(lengths)], 1).ravel()[:-1])
+        return " ".join(words), char_owner
+
+    def __call__(self, samples: list[list[list[str]]]):
+        rendered = [self.render(sample) for sample in samples]
+        tokenizer = self.tokenizer
+        encodings = tokenizer.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+        longest = max(len(encoding.ids) for encoding in encodings)
+        if self.max_length is not None:
+            longest = min(longest, self.max_length + 1)
+        for encoding in encodings:
+            encoding.truncate(longest)
+            encoding.pad(longest, pad_id=self.pad_id, pad_token=self.special_tokens["pad_token"])
+        ids = np.array([encoding.ids for encoding in encodings], dtype=np.int64)
+        mask = np.array([encoding.attention_mask for encoding in encodings], dtype=np.int64)
+        starts = np.array([encoding.offsets for encoding in encodings], dtype=np.int64).reshape(len(samples), longest, 2)[..., 0]
+        # Look every token's first character up in one flat map of all samples' characters.
+        maps = [char_owner for _, char_owner in rendered]
+        bases = np.cumsum([0] + [len(m) for m in maps[:-1]])
+        flat = np.concatenate(maps)
+        channel_ids = np.where(mask == 1, flat[np.minimum(bases[:, None] + starts, len(flat) - 1)], NO_CHANNEL)
+        targets = np.where(mask[:, 1:] == 1, ids[:, 1:], IGNORE_INDEX)
+        as_tensor = torch.from_numpy
+        inputs = (as_tensor(ids[:, :-1].copy()), as_tensor(mask[:, :-1].copy()), as_tensor(channel_ids[:, :-1].copy()))
+        return inputs, as_tensor(targets)
+
+
+class TextDataLoader(DataLoader):
+    """A DataLoader of tokenized ChannelGroups samples (from BPEDataset).
+
+    Batches are ``((input_ids, attention_mask, channel_ids), targets)``: targets are
+    the next token ids, -100 at padding; ``channel_ids`` is the layout index of the
+    channel each token came from, -1 for separators and padding.
+
+    Args:
+        dataset: a dataset of ChannelGroups (or plain lists of groups).
+        tokenizer_path: folder containing ``tokenizer/`` from ``brain-gen tokenizer-text``.
+        max_length: at most this many input tokens per sample (longer ones are cut).
+        use_separator: [SEP] between the channels of a group and [BOS] before each
+            group; with false, words are only separated by spaces.
+        **kwargs: any torch DataLoader argument.
+    """
+
+    def __init__(self, dataset, tokenizer_path: str | Path, max_length: int | None = None, use_separator: bool = True, **kwargs: Any):
+        if "collate_fn" in kwargs:
+            raise ValueError("TextDataLoader makes its own collate_fn")
+        self.text = TextCollate(tokenizer_path, max_length, use_separator)
+        self.vocab_size = self.text.vocab_size
+        self.sequence_length = max_length
+        super().__init__(dataset, collate_fn=self.text, **kwargs)
+
+
+def train_text_tokenizer(
+    samples: Iterable[list[list[str]]],
+    out_dir: str | Path,
+    alphabet: list[str],
+    vocab_size: int = 4096,
+    min_frequency: int = 2,
+    special_tokens: dict[str, str] | None = None,
+) -> Path:
+    """Train a BPE tokenizer on the channel words of ``samples``; write ``<out_dir>/tokenizer/``.
+
+    Besides ``tokenizer.json`` it writes ``tokenizer_config.json`` and
+    ``special_tokens_map.json``, so that ``transformers.AutoTokenizer`` can load the folder.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    special = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
+    folder = Path(out_dir) / "tokenizer"
+    if folder.exists():
+        raise ConfigError(f"tokenizer-text --out: {folder} already exists; choose a new folder (nothing is overwritten)")
+    tokenizer = Tokenizer(models.BPE(unk_token=special["unk_token"]))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[special[role] for role in SPECIAL_TOKEN_ROLES],
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+
+    def words():
+        for sample in samples:
+            for group in sample:
+                yield " ".join(group)
+
+    tokenizer.train_from_iterator(words(), trainer)
+    folder.mkdir(parents=True)
+    tokenizer.save(str(folder / TOKENIZER_FILE))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000_000, **special}, indent=2)
+    )
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    return folder

@@ -1,0 +1,315 @@
+"""The dataloader section: loader classes, common keys, MixupDataLoader, TextDataLoader and BPE text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch.utils.data import RandomSampler, SequentialSampler
+
+from brain_gen.cli import main
+from brain_gen.config.errors import ConfigError
+from brain_gen.dataset.mixup import MixupCollate
+from brain_gen.dataset.mulaw import mu_law_encode
+from brain_gen.dataset.text import CODE_CHAR_OFFSET, ChannelGroups, TextCollate
+from brain_gen.training.train import ExperimentDL
+from tests.conftest import tiny_config
+from tests.test_training import scalars
+
+
+def test_loader_classes_are_importable_from_train_and_are_dataloaders():
+    from brain_gen.training.train import DataLoader, MixupDataLoader, TextDataLoader
+
+    assert issubclass(MixupDataLoader, DataLoader) and issubclass(TextDataLoader, DataLoader)
+    loader = MixupDataLoader([(torch.ones(2, 3), torch.tensor(1))] * 4, batch_size=2, mixup_alpha=0.4, num_classes=3)
+    inputs, targets = next(iter(loader))
+    assert inputs.shape == (2, 2, 3) and targets.shape == (2, 3)
+
+
+def test_train_shuffles_and_evaluation_keeps_order_and_every_window(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, dataloader={"batch_size": 7, "drop_last": True, "prefetch_factor": None})
+    experiment = ExperimentDL(config)
+    train, val, test = (experiment.dataloader(name) for name in ("train", "val", "test"))
+    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    for loader in (val, test):
+        assert isinstance(loader.sampler, SequentialSampler) and not loader.drop_last
+        assert sum(len(batch[1]) for batch in loader) == len(loader.dataset)
+
+
+@pytest.mark.parametrize("loader_class", ["DataLoader", "MixupDataLoader", "TextDataLoader"])
+def test_batch_size_lives_in_one_attribute_of_the_data_module(tmp_path, tiny_dataset, text_tokenizer, loader_class):
+    changes = {"dataloader_class": loader_class}
+    if loader_class == "MixupDataLoader":
+        changes["dataloader"] = {"mixup_alpha": 0.2}
+        changes["datasplitter"] = {"dataset_class": "ChunkDatasetContinuous", "dataset_kwargs": {}}
+        changes["loss_name"] = "MSE"
+        changes["model_name"] = "tests.user_classes:LastValueModel"
+    if loader_class == "TextDataLoader":
+        changes.update(text_changes(text_tokenizer))
+    config = tiny_config(tmp_path / "runs", tiny_dataset, **changes)
+    if loader_class == "MixupDataLoader":
+        config["model_config"] = {"num_channels": 4}
+    experiment = ExperimentDL(config)
+    experiment.build()
+    module = experiment.datamodule
+    assert module.batch_size == 8
+    module.batch_size = 5
+    assert {module.make_loader(split).batch_size for split in ("train", "val", "test")} == {5}
+
+
+# --------------------------------------------------------------------------- MixupDataLoader
+
+
+def constant_samples(n=6, classes=None):
+    """Sample i: inputs all equal to i; targets 10*i (float) or class i % classes."""
+    samples = []
+    for i in range(n):
+        target = torch.tensor(i % classes) if classes else torch.full((2,), 10.0 * i)
+        samples.append((torch.full((2, 3), float(i)), target))
+    return samples
+
+
+def test_mixup_blends_pairs_with_one_folded_weight_for_inputs_and_targets():
+    torch.manual_seed(0)
+    collate = MixupCollate(mixup_alpha=0.4)
+    weights = []
+    for _ in range(20):
+        inputs, targets = collate(constant_samples())
+        values = inputs[:, 0, 0]
+        assert torch.allclose(targets[:, 0], 10 * values)
+        # Pairs (i, j): out_i + out_j = i + j, and out_i = lam*i + (1-lam)*j with lam >= 0.5.
+        partner = {}
+        for i in range(6):
+            for j in range(6):
+                if i != j and abs(values[i] + values[j] - (i + j)) < 1e-5 and j not in partner and i not in partner:
+                    partner[i], partner[j] = j, i
+        i, j = next(iter(partner.items()))
+        lam = (values[i] - j) / (i - j)
+        assert 0.5 <= lam <= 1.0
+        weights.append(float(lam))
+    assert len(set(round(w, 4) for w in weights)) > 10
+
+
+def test_mixup_probability_and_alpha_zero():
+    torch.manual_seed(1)
+    never = MixupCollate(mixup_alpha=0.0)
+    assert torch.equal(never(constant_samples())[0][:, 0, 0], torch.arange(6.0))
+    sometimes = MixupCollate(mixup_alpha=1.0, mixup_prob=0.5)
+    mixed = sum(not torch.equal(sometimes(constant_samples())[0][:, 0, 0], torch.arange(6.0)) for _ in range(300))
+    assert 110 < mixed < 190
+
+
+def test_only_the_first_floating_input_is_mixed():
+    torch.manual_seed(2)
+    samples = [((torch.full((2, 3), float(i)), torch.full((2, 2), 100.0 + i), torch.tensor([i, i])), torch.full((2,), 1.0 * i)) for i in range(4)]
+    (signal, positions, types), _ = MixupCollate(mixup_alpha=1.0)(samples)
+    assert not torch.equal(signal[:, 0, 0], torch.arange(4.0))
+    assert torch.equal(positions[:, 0, 0], 100.0 + torch.arange(4.0))
+    assert torch.equal(types[:, 0], torch.arange(4))
+
+
+def test_integer_targets_become_blended_one_hot_probabilities():
+    torch.manual_seed(3)
+    inputs, targets = MixupCollate(mixup_alpha=0.5, num_classes=6)(constant_samples(classes=6))
+    assert targets.shape == (6, 6) and torch.allclose(targets.sum(dim=1), torch.ones(6))
+    for row, value in zip(targets, inputs[:, 0, 0]):
+        nonzero = torch.nonzero(row).flatten().tolist()
+        # The row's weights sit on the two classes whose blend gave this input.
+        assert torch.isclose((row * torch.arange(6.0)).sum(), value)
+        assert len(nonzero) in (1, 2) and row.max() >= 0.5
+
+
+def test_integer_targets_without_num_classes_name_the_key():
+    with pytest.raises(ConfigError, match="dataloader.num_classes"):
+        MixupCollate(mixup_alpha=0.5)(constant_samples(classes=3))
+
+
+def test_quantize_codes_mixed_inputs_and_evaluation_only_quantizes():
+    torch.manual_seed(4)
+    samples = [(torch.full((2, 3), 0.5 * i), torch.tensor(i % 2)) for i in range(4)]
+    train_inputs, _ = MixupCollate(mixup_alpha=1.0, num_classes=2, quantize=True, mu=15, max_val=2.0)(samples)
+    assert train_inputs.dtype == torch.int64 and train_inputs.min() >= 0 and train_inputs.max() <= 15
+    eval_inputs, eval_targets = MixupCollate(mixup_alpha=1.0, num_classes=2, quantize=True, mu=15, max_val=2.0, mix=False)(samples)
+    expected = mu_law_encode(torch.stack([s[0] for s in samples]), 15, 2.0)
+    assert torch.equal(eval_inputs, expected) and torch.equal(eval_targets, torch.tensor([0, 1, 0, 1]))
+
+
+def mixup_config(tmp_path, dataset, **dataloader):
+    return tiny_config(
+        tmp_path / "runs",
+        dataset,
+        dataloader_class="MixupDataLoader",
+        dataloader={"mixup_alpha": 0.4, "num_classes": 256, "quantize": True, "mu": 255, "max_val": 4.0, **dataloader},
+        datasplitter={"dataset_class": "ChunkDatasetContinuous", "dataset_kwargs": {"target": "codes", "mu": 255, "max_val": 4.0}},
+        trainer={"max_epochs": 2, "limit_train_batches": 6},
+    )
+
+
+def test_mixup_with_quantize_trains_end_to_end_from_yaml(tmp_path, tiny_dataset, capsys):
+    path = tmp_path / "mixup.yaml"
+    path.write_text(yaml.safe_dump(mixup_config(tmp_path, tiny_dataset, num_workers=1)))
+    assert main(["train", str(path)]) == 0
+    logged = scalars(tmp_path / "runs" / "logs" / "version_0")
+    assert {"train/loss", "val/loss", "val/accuracy"} <= set(logged)
+    val_loss = [value for _, value in logged["val/loss"]]
+    assert val_loss[1] < val_loss[0] < np.log(256) + 0.5
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"num_classes": None}, "dataloader.num_classes: the targets are integer classes"),
+        ({"num_classes": 100}, "dataloader.num_classes: 100, but the targets have 256 classes"),
+        ({"max_val": 8.0}, "dataloader.max_val: 8.0, but the dataset codes its targets with max_val=4.0"),
+    ],
+)
+def test_mixup_configuration_mistakes_exit_2(tmp_path, tiny_dataset, capsys, changes, expected):
+    config = mixup_config(tmp_path, tiny_dataset)
+    config["dataloader"].update(changes)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+
+
+# --------------------------------------------------------------------------- text
+
+
+@pytest.fixture
+def text_tokenizer(tmp_path, tiny_dataset, capsys):
+    """A BPE tokenizer trained with the CLI on the tiny dataset's training split: its folder."""
+    config = tiny_config(tmp_path / "runs", tiny_dataset, datasplitter={"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 5}})
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["tokenizer-text", str(path), "--out", str(tmp_path / "tok"), "--vocab-size", "400", "--max-windows", "60"]) == 0
+    capsys.readouterr()
+    return tmp_path / "tok"
+
+
+def text_changes(tokenizer_dir: Path, **dataloader) -> dict:
+    return {
+        "dataloader_class": "TextDataLoader",
+        "dataloader": {"tokenizer_path": str(tokenizer_dir), **dataloader},
+        "datasplitter": {"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 5}},
+        "model_name": "TextGPT",
+        "model_config": {"vocab_size": 400, "num_channels": 4, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_position_embeddings": 512},
+    }
+
+
+def test_bpe_dataset_groups_have_one_string_length_per_group(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, datasplitter={"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 7}})
+    experiment = ExperimentDL(config)
+    experiment.build_datasets()
+    dataset = experiment.datasets["train"]
+    sample = dataset[0]
+    assert isinstance(sample, ChannelGroups) and sample.channels == [0, 1, 2, 3]
+    assert len(sample) == -(-50 // 7)
+    for group in sample:
+        assert len(group) == 4 and len({len(word) for word in group}) == 1
+    window, _ = dataset.read_window(0)
+    codes = mu_law_encode(torch.from_numpy(window), 255, 4.0)
+    channel_two = "".join(group[2] for group in sample)
+    assert [ord(char) - CODE_CHAR_OFFSET for char in channel_two] == codes[2].tolist()
+
+
+def test_tokenizer_text_writes_a_folder_transformers_can_load(text_tokenizer, capsys, tmp_path):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    folder = text_tokenizer / "tokenizer"
+    assert {p.name for p in folder.iterdir()} >= {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    ours = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    theirs = AutoTokenizer.from_pretrained(str(folder))
+    text = "[BOS] " + chr(CODE_CHAR_OFFSET + 128) * 5 + " [SEP] " + chr(CODE_CHAR_OFFSET + 130) * 5
+    assert theirs(text, add_special_tokens=False)["input_ids"] == ours.encode(text, add_special_tokens=False).ids
+    assert theirs.pad_token == "[PAD]" and theirs.sep_token == "[SEP]" and theirs.bos_token == "[BOS]"
+    assert 300 < ours.get_vocab_size() <= 400
+
+    # A second run never overwrites the first.
+    config_path = tmp_path / "text.yaml"
+    assert main(["tokenizer-text", str(config_path), "--out", str(text_tokenizer)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def reference_channels(collate: TextCollate, sample, ids_row):
+    """Channel of each token by brute force: walk the text word by word."""
+    text, _ = collate.render(sample)
+    encoding = collate.tokenizer.encode(text, add_special_tokens=False)
+    owners = []
+    words = text.split(" ")
+    channel_of_word = []
+    for group in sample:
+        for position, _ in enumerate(group):
+            channel_of_word.append(sample.channels[position])
+    word_iter = iter(channel_of_word)
+    spans, cursor = [], 0
+    for word in words:
+        owner = -1 if word in ("[SEP]", "[BOS]") else next(word_iter)
+        spans.append((cursor, cursor + len(word), owner))
+        cursor += len(word) + 1
+    for start, _ in encoding.offsets:
+        owners.append(next(owner for a, b, owner in spans if a <= start < b))
+    return encoding.ids, owners
+
+
+@pytest.mark.parametrize("use_separator", [True, False])
+def test_text_batches_carry_ids_mask_channels_and_shifted_targets(tmp_path, tiny_dataset, text_tokenizer, use_separator):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, **text_changes(text_tokenizer, use_separator=use_separator))
+    experiment = ExperimentDL(config)
+    loader = experiment.dataloader("val")
+    samples = [loader.dataset[i] for i in range(3)]
+    samples[1] = ChannelGroups(samples[1][:4], samples[1].channels)  # a shorter sample forces padding
+    (ids, mask, channels), targets = loader.collate_fn(samples)
+    collate = loader.collate_fn
+    special = {collate.tokenizer.token_to_id(t) for t in ("[SEP]", "[BOS]")}
+    pad = collate.tokenizer.token_to_id("[PAD]")
+    for row in range(3):
+        expected_ids, expected_owners = reference_channels(collate, samples[row], ids[row])
+        n = len(expected_ids)
+        m = min(n, ids.shape[1])  # real input tokens: all of them, or all but the last for the longest row
+        assert ids[row, :m].tolist() == expected_ids[:m]
+        assert channels[row, :m].tolist() == expected_owners[:m]
+        assert targets[row, : n - 1].tolist() == expected_ids[1:]
+        assert (targets[row, n - 1 :] == -100).all()
+        assert (mask[row, :m] == 1).all() and (mask[row, m:] == 0).all()
+        assert (ids[row, m:] == pad).all() and (channels[row, m:] == -1).all()
+    assert (mask == 0).any(), "the shorter sample should be padded"
+    has_special = bool(set(ids.flatten().tolist()) & special)
+    assert has_special == use_separator
+
+
+def test_max_length_truncates_inputs(tmp_path, tiny_dataset, text_tokenizer):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, **text_changes(text_tokenizer, max_length=16))
+    (ids, mask, channels), targets = next(iter(ExperimentDL(config).dataloader("train")))
+    assert ids.shape[1] == 16 and targets.shape == ids.shape and mask.shape == channels.shape == ids.shape
+
+
+def test_missing_tokenizer_is_a_config_error(capsys, tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, **text_changes(tmp_path / "nowhere"))
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["validate", str(path)]) == 2
+    assert f"dataloader.tokenizer_path: folder not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    config["dataloader"]["tokenizer_path"] = str(tmp_path / "empty")
+    path.write_text(yaml.safe_dump(config))
+    assert main(["validate", str(path)]) == 2
+    assert "tokenizer/tokenizer.json not found" in capsys.readouterr().err
+
+
+def test_text_gpt_trains_end_to_end_from_yaml(tmp_path, tiny_dataset, text_tokenizer, capsys):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, **text_changes(text_tokenizer))
+    config["trainer"].update(max_epochs=2, limit_train_batches=5)
+    path = tmp_path / "text-train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path)]) == 0
+    logged = scalars(tmp_path / "runs" / "logs" / "version_0")
+    val_loss = [value for _, value in logged["val/loss"]]
+    assert len(val_loss) == 2 and val_loss[1] < val_loss[0]
+    saved = json.loads(json.dumps(yaml.safe_load((tmp_path / "runs" / "logs" / "version_0" / "config.yaml").read_text())))
+    assert saved["dataloader"]["tokenizer_path"] == str(text_tokenizer)
