@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install docs clean
+.PHONY: demo test install docs bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# Speed ratios against a baseline measured in the same process (not part of `make test`).
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.run_all
 
 # Regenerate docs/configuration.md from the config schema.
 docs: $(STAMP)

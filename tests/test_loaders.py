@@ -238,7 +238,7 @@ def test_tokenizer_text_writes_a_folder_transformers_can_load(text_tokenizer, ca
 
 def reference_channels(collate: TextCollate, sample, ids_row):
     """Channel of each token by brute force: walk the text word by word."""
-    text, _ = collate.render(sample)
+    text, _, _ = collate.render(sample)
     encoding = collate.tokenizer.encode(text, add_special_tokens=False)
     owners = []
     words = text.split(" ")
@@ -313,3 +313,20 @@ def test_text_gpt_trains_end_to_end_from_yaml(tmp_path, tiny_dataset, text_token
     assert len(val_loss) == 2 and val_loss[1] < val_loss[0]
     saved = json.loads(json.dumps(yaml.safe_load((tmp_path / "runs" / "logs" / "version_0" / "config.yaml").read_text())))
     assert saved["dataloader"]["tokenizer_path"] == str(text_tokenizer)
+
+
+def test_example_configs_validate_against_demo_data(tmp_path, capsys):
+    import shutil
+
+    from brain_gen.demo import make_synthetic_dataset
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    make_synthetic_dataset(tmp_path / "demo_run" / "data", n_sessions=6, session_seconds=20.0, chunk_seconds=10.0)
+    (tmp_path / "examples").mkdir()
+    for name in ("mixup_quantize.yaml", "text_gpt.yaml"):
+        shutil.copy(examples / name, tmp_path / "examples" / name)
+    assert main(["validate", str(tmp_path / "examples" / "mixup_quantize.yaml")]) == 0
+    text = str(tmp_path / "examples" / "text_gpt.yaml")
+    assert main(["tokenizer-text", text, "--vocab-size", "600", "--max-windows", "50"]) == 0
+    assert main(["validate", text]) == 0
+    assert "TextGPT with" in capsys.readouterr().out

@@ -55,7 +55,7 @@ class DataSplitterConfig(Section):
     dataset_class: str = Field(
         default="ChunkDataset",
         description="Dataset built on each split: a built-in name (ChunkDataset, "
-        "ChunkDatasetContinuous) or an import path `package.module:Class`.",
+        "ChunkDatasetContinuous, BPEDataset) or an import path `package.module:Class`.",
     )
     dataset_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the dataset class constructor."
@@ -128,7 +128,9 @@ class DataLoaderConfig(Section):
     )
 
     # MixupDataLoader extras.
-    mixup_alpha: Float = Field(default=0.0, ge=0, description="MixupDataLoader: alpha of the Beta(alpha, alpha) mixing weight.")
+    mixup_alpha: Float = Field(
+        default=0.0, ge=0, description="MixupDataLoader: alpha of the Beta(alpha, alpha) mixing weight; 0 never mixes."
+    )
     mixup_prob: Float = Field(default=1.0, ge=0, le=1, description="MixupDataLoader: chance that a batch is mixed.")
     num_classes: Int | None = Field(
         default=None, ge=1, description="MixupDataLoader: class count for one-hot mixing of integer targets."
@@ -141,7 +143,9 @@ class DataLoaderConfig(Section):
     tokenizer_path: str | None = Field(
         default=None, description="TextDataLoader (required): folder that holds a trained `tokenizer/`."
     )
-    max_length: Int | None = Field(default=None, ge=1, description="TextDataLoader: truncate sequences to this many tokens.")
+    max_length: Int | None = Field(
+        default=None, ge=1, description="TextDataLoader: at most this many input tokens per sample; longer ones are cut."
+    )
     use_separator: bool = Field(
         default=True, description="TextDataLoader: put separator tokens between channels and groups."
     )
@@ -345,7 +349,7 @@ class ExperimentConfig(Section):
 
     save_dir: str = Field(description="Folder that receives logs, checkpoints and the cache.")
     resume_from: str | None = Field(default=None, description="Checkpoint file to continue training (or testing) from.")
-    model_name: str = Field(description="Model class: a built-in name (ChannelGPT) or an import path.")
+    model_name: str = Field(description="Model class: a built-in name (ChannelGPT, TextGPT) or an import path.")
     loss_name: str = Field(description="Loss class: a built-in name (CrossEntropy, MSE) or an import path.")
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict,

@@ -115,9 +115,11 @@ def open_tokenizer(tokenizer_path: str | Path):
 class TextCollate:
     """Turns ChannelGroups samples into ``((input_ids, attention_mask, channel_ids), targets)``.
 
-    All samples are tokenized in one ``encode_batch`` call; each token's channel is
-    read from its character offsets through a per-character channel map, so there
-    is no Python loop over tokens.
+    All samples are tokenized in one ``encode_batch`` call. Each token's channel comes
+    from arithmetic on token ids, not from per-token offsets: BPE never merges across
+    the spaces between words, so a row's tokens spell its channel words in order, and
+    the running count of characters (each token id has a fixed length) says which
+    word, hence which channel, a token starts in. No Python loop touches single tokens.
     """
 
     def __init__(self, tokenizer_path: str | Path, max_length: int | None = None, use_separator: bool = True):
@@ -128,9 +130,19 @@ class TextCollate:
         tokenizer, self.special_tokens = open_tokenizer(tokenizer_path)
         self.vocab_size = tokenizer.get_vocab_size()
         self.pad_id = self._token_id(tokenizer, "pad_token")
-        for role in ("sep_token", "bos_token"):
-            if use_separator:
+        if use_separator:
+            for role in ("sep_token", "bos_token"):
                 self._token_id(tokenizer, role)
+        # Characters each token id spells: 0 for separators and padding; an unknown
+        # character becomes one [UNK] token, so [UNK] spells one.
+        self.token_chars = np.zeros(self.vocab_size, dtype=np.int64)
+        for token, token_id in tokenizer.get_vocab().items():
+            if token_id < self.vocab_size:
+                self.token_chars[token_id] = len(token)
+        for role, token in self.special_tokens.items():
+            token_id = tokenizer.token_to_id(token)
+            if token_id is not None:
+                self.token_chars[token_id] = 1 if role == "unk_token" else 0
         self._tokenizer = tokenizer
 
     def _token_id(self, tokenizer, role: str) -> int:
@@ -151,49 +163,39 @@ class TextCollate:
         state["_tokenizer"] = None
         return state
 
-    def render(self, sample: list[list[str]]) -> tuple[str, np.ndarray]:
-        """The text of one sample and the channel of each of its characters (-1: separators)."""
+    def render(self, sample: list[list[str]]) -> tuple[str, np.ndarray, np.ndarray]:
+        """The text of one sample, with the length and channel of each channel word in order."""
         channels = getattr(sample, "channels", None) or list(range(len(sample[0])))
-        words, owners = [], []
         sep, bos = self.special_tokens["sep_token"], self.special_tokens["bos_token"]
-        for group in sample:
-            if self.use_separator:
-                words.append(bos)
-                owners.append(NO_CHANNEL)
-            for position, word in enumerate(group):
-                if self.use_separator and position:
-                    words.append(sep)
-                    owners.append(NO_CHANNEL)
-                words.append(word)
-                owners.append(channels[position])
-        lengths = np.fromiter((len(word) for word in words), dtype=np.int64, count=len(words))
-        # Each word is followed by one space (owned by nobody), except the last.
-        char_owner = np.repeat(np.stack([np.array(owners), np.full(len(words), NO_CHANNEL)], 1).ravel()[:-1],
-                               np.stack([lengths, np.ones_like(lengths)], 1).ravel()[:-1])
-        return " ".join(words), char_owner
+        if self.use_separator:
+            text = " ".join(f"{bos} " + f" {sep} ".join(group) for group in sample)
+        else:
+            text = " ".join(" ".join(group) for group in sample)
+        lengths = np.array([len(group[0]) for group in sample], dtype=np.int64).repeat(len(channels))
+        owners = np.tile(np.asarray(channels, dtype=np.int64), len(sample))
+        return text, lengths, owners
 
     def __call__(self, samples: list[list[list[str]]]):
         rendered = [self.render(sample) for sample in samples]
-        tokenizer = self.tokenizer
-        encodings = tokenizer.encode_batch([text for text, _ in rendered], add_special_tokens=False)
-        longest = max(len(encoding.ids) for encoding in encodings)
+        encodings = self.tokenizer.encode_batch([text for text, _, _ in rendered], add_special_tokens=False)
+        rows = [encoding.ids for encoding in encodings]
+        width = max(len(row) for row in rows)
         if self.max_length is not None:
-            longest = min(longest, self.max_length + 1)
-        for encoding in encodings:
-            encoding.truncate(longest)
-            encoding.pad(longest, pad_id=self.pad_id, pad_token=self.special_tokens["pad_token"])
-        ids = np.array([encoding.ids for encoding in encodings], dtype=np.int64)
-        mask = np.array([encoding.attention_mask for encoding in encodings], dtype=np.int64)
-        starts = np.array([encoding.offsets for encoding in encodings], dtype=np.int64).reshape(len(samples), longest, 2)[..., 0]
-        # Look every token's first character up in one flat map of all samples' characters.
-        maps = [char_owner for _, char_owner in rendered]
-        bases = np.cumsum([0] + [len(m) for m in maps[:-1]])
-        flat = np.concatenate(maps)
-        channel_ids = np.where(mask == 1, flat[np.minimum(bases[:, None] + starts, len(flat) - 1)], NO_CHANNEL)
+            width = min(width, self.max_length + 1)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        channel_ids = np.full((len(rows), width), NO_CHANNEL, dtype=np.int64)
+        for index, (row, (_, word_lengths, word_owners)) in enumerate(zip(rows, rendered)):
+            row = np.asarray(row[:width], dtype=np.int64)
+            ids[index, : len(row)] = row
+            spelled = self.token_chars[row]
+            first_char = np.cumsum(spelled) - spelled
+            word_starts = np.cumsum(word_lengths) - word_lengths
+            word = np.searchsorted(word_starts, first_char, side="right") - 1
+            channel_ids[index, : len(row)] = np.where(spelled > 0, word_owners[np.clip(word, 0, len(word_owners) - 1)], NO_CHANNEL)
+        mask = (ids != self.pad_id).astype(np.int64)
         targets = np.where(mask[:, 1:] == 1, ids[:, 1:], IGNORE_INDEX)
-        as_tensor = torch.from_numpy
-        inputs = (as_tensor(ids[:, :-1].copy()), as_tensor(mask[:, :-1].copy()), as_tensor(channel_ids[:, :-1].copy()))
-        return inputs, as_tensor(targets)
+        inputs = (torch.from_numpy(ids[:, :-1].copy()), torch.from_numpy(mask[:, :-1].copy()), torch.from_numpy(channel_ids[:, :-1].copy()))
+        return inputs, torch.from_numpy(targets)
 
 
 class TextDataLoader(DataLoader):

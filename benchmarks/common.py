@@ -1,0 +1,27 @@
+"""Timing helpers shared by the benchmarks: best-of-N wall time, measured in one process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def best_time(function: Callable[[], object], repeats: int = 15, warmup: int = 2) -> float:
+    """The fastest of ``repeats`` runs, in seconds: the least disturbed by the rest of the machine."""
+    for _ in range(warmup):
+        function()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def interleaved_best(functions: dict[str, Callable[[], object]], rounds: int = 5, repeats: int = 5) -> dict[str, float]:
+    """Best time of each function, alternating between them so drifts hit all alike."""
+    best = {name: float("inf") for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            best[name] = min(best[name], best_time(function, repeats=repeats, warmup=1))
+    return best
