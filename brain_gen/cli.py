@@ -41,6 +41,16 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="brain-gen", description="Train models of brain signals from YAML configs.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
@@ -55,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(tokenizer)
     tokenizer.add_argument("--out", help="folder to write tokenizer/ into (default: dataloader.tokenizer_path)")
-    tokenizer.add_argument("--vocab-size", type=int, default=4096, help="size of the BPE vocabulary (default: 4096)")
-    tokenizer.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences for a merge (default: 2)")
-    tokenizer.add_argument("--max-windows", type=int, help="train on at most this many training windows")
+    tokenizer.add_argument("--vocab-size", type=positive_int, default=4096, help="size of the BPE vocabulary (default: 4096)")
+    tokenizer.add_argument("--min-frequency", type=positive_int, default=2, help="fewest occurrences for a merge (default: 2)")
+    tokenizer.add_argument("--max-windows", type=positive_int, help="train on at most this many training windows")
     for role, token in DEFAULT_SPECIAL_TOKENS.items():
         tokenizer.add_argument(f"--{role.replace('_', '-')}", default=token, help=f"the {role.split('_')[0]} token (default: {token})")
     demo = commands.add_parser("demo", help="train a small model on a generated dataset")

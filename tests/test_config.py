@@ -173,9 +173,7 @@ def test_resolved_config_loads_back_equal(changes):
         ("trainer", "early_stopping", {"patience": 2}, "trainer.early_stopping"),
         ("trainer", "callbacks", ["LearningRateMonitor"], "trainer.callbacks"),
         ("trainer", "validate_before_resume", True, "trainer.validate_before_resume"),
-        ("trainer", "checkpoint_cadence_epochs", 2, "trainer.checkpoint_cadence_epochs"),
         (None, "eval_runner", {"every": 1}, "eval_runner"),
-        (None, "resume_from", "last", "resume_from: last"),
     ],
 )
 def test_keys_without_behaviour_yet_stop_a_run_before_data_loads(tmp_path, section, key, value, reported):

@@ -129,10 +129,13 @@ def test_integer_targets_without_num_classes_name_the_key():
 
 
 def test_quantize_codes_mixed_inputs_and_evaluation_only_quantizes():
-    torch.manual_seed(4)
     samples = [(torch.full((2, 3), 0.5 * i), torch.tensor(i % 2)) for i in range(4)]
+    torch.manual_seed(4)
+    mixed_floats, _ = MixupCollate(mixup_alpha=1.0, num_classes=2)(samples)
+    torch.manual_seed(4)  # the same draws: the same pairs and weight
     train_inputs, _ = MixupCollate(mixup_alpha=1.0, num_classes=2, quantize=True, mu=15, max_val=2.0)(samples)
-    assert train_inputs.dtype == torch.int64 and train_inputs.min() >= 0 and train_inputs.max() <= 15
+    assert train_inputs.dtype == torch.int64 and torch.equal(train_inputs, mu_law_encode(mixed_floats, 15, 2.0))
+    assert not torch.equal(mixed_floats[:, 0, 0], 0.5 * torch.arange(4.0))
     eval_inputs, eval_targets = MixupCollate(mixup_alpha=1.0, num_classes=2, quantize=True, mu=15, max_val=2.0, mix=False)(samples)
     expected = mu_law_encode(torch.stack([s[0] for s in samples]), 15, 2.0)
     assert torch.equal(eval_inputs, expected) and torch.equal(eval_targets, torch.tensor([0, 1, 0, 1]))
@@ -159,17 +162,36 @@ def test_mixup_with_quantize_trains_end_to_end_from_yaml(tmp_path, tiny_dataset,
     assert val_loss[1] < val_loss[0] < np.log(256) + 0.5
 
 
+def test_experiment_mixes_training_batches_only(tmp_path, tiny_dataset):
+    experiment = ExperimentDL(mixup_config(tmp_path, tiny_dataset, pin_memory=True))
+    train, val = experiment.dataloader("train"), experiment.dataloader("val")
+    assert train.mixup.mix and not val.mixup.mix and train.pin_memory
+    assert next(iter(train))[1].dtype == torch.float32  # soft targets
+    assert next(iter(val))[1].dtype == torch.int64
+
+
+def test_import_path_loader_classes_get_their_extras(tmp_path, tiny_dataset):
+    config = mixup_config(tmp_path, tiny_dataset)
+    config["dataloader_class"] = "brain_gen.dataset.mixup:MixupDataLoader"
+    experiment = ExperimentDL(config)
+    assert experiment.dataloader("train").mixup.mixup_alpha == 0.4 and not experiment.dataloader("val").mixup.mix
+
+
 @pytest.mark.parametrize(
     "changes, expected",
     [
         ({"num_classes": None}, "dataloader.num_classes: the targets are integer classes"),
         ({"num_classes": 100}, "dataloader.num_classes: 100, but the targets have 256 classes"),
         ({"max_val": 8.0}, "dataloader.max_val: 8.0, but the dataset codes its targets with max_val=4.0"),
+        ("integer inputs", "datasplitter.dataset_class: MixupDataLoader blends floating-point inputs, but the dataset gives torch.int64 inputs"),
     ],
 )
 def test_mixup_configuration_mistakes_exit_2(tmp_path, tiny_dataset, capsys, changes, expected):
     config = mixup_config(tmp_path, tiny_dataset)
-    config["dataloader"].update(changes)
+    if changes == "integer inputs":
+        config["datasplitter"] = {**config["datasplitter"], "dataset_class": "ChunkDataset", "dataset_kwargs": {"max_val": 4.0}}
+    else:
+        config["dataloader"].update(changes)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["train", str(path)]) == 2

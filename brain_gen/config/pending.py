@@ -14,10 +14,8 @@ def pending_features(config: ExperimentConfig) -> list[str]:
     """The keys of ``config`` that ask for behaviour brain-gen does not have yet."""
     trainer = config.trainer
     asks = {
-        "resume_from: last": config.resume_from == "last",
         "eval_runner": config.eval_runner is not None,
         "trainer.early_stopping": trainer.early_stopping is not None,
-        "trainer.checkpoint_cadence_epochs": trainer.checkpoint_cadence_epochs is not None,
         "trainer.validate_before_resume": trainer.validate_before_resume,
         "trainer.callbacks": bool(trainer.callbacks),
     }

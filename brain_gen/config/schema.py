@@ -374,6 +374,9 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _check_loader_extras(self) -> ExperimentConfig:
+        # Import paths are checked once the class is resolved (it may extend a built-in loader).
+        if self.dataloader_class not in ("DataLoader", *LOADER_EXTRAS):
+            return self
         for owner, keys in LOADER_EXTRAS.items():
             if self.dataloader_class == owner:
                 continue

@@ -19,8 +19,8 @@ from brain_gen.dataset.datasets import IGNORE_INDEX
 from brain_gen.dataset.mulaw import mu_law_encode
 
 
-def _first_float_position(inputs: Any) -> int | None:
-    """Index of the first floating tensor in a tuple of inputs (None: the input itself)."""
+def _first_float_position(inputs: Any) -> int:
+    """Index of the first floating tensor in a tuple of inputs."""
     for position, item in enumerate(inputs):
         if torch.is_tensor(item) and item.is_floating_point():
             return position
@@ -104,7 +104,7 @@ class MixupCollate:
         # Inputs: only the first floating tensor is blended; positions, channel types and
         # other tensors of a tuple input are collated untouched.
         tuple_input = isinstance(inputs[0], (tuple, list))
-        position = _first_float_position(inputs[0]) if tuple_input else None
+        position = _first_float_position(inputs[0] if tuple_input else [inputs[0]])
         signals = [item[position] for item in inputs] if tuple_input else inputs
         mixed = mix_pairs(signals, pairs, lam) if lam is not None else default_collate(signals)
         if self.quantize:

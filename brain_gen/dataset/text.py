@@ -192,7 +192,8 @@ class TextCollate:
             word_starts = np.cumsum(word_lengths) - word_lengths
             word = np.searchsorted(word_starts, first_char, side="right") - 1
             channel_ids[index, : len(row)] = np.where(spelled > 0, word_owners[np.clip(word, 0, len(word_owners) - 1)], NO_CHANNEL)
-        mask = (ids != self.pad_id).astype(np.int64)
+        lengths = np.array([min(len(row), width) for row in rows])
+        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
         targets = np.where(mask[:, 1:] == 1, ids[:, 1:], IGNORE_INDEX)
         inputs = (torch.from_numpy(ids[:, :-1].copy()), torch.from_numpy(mask[:, :-1].copy()), torch.from_numpy(channel_ids[:, :-1].copy()))
         return inputs, torch.from_numpy(targets)
@@ -239,6 +240,11 @@ def train_text_tokenizer(
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     special = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
+    if len(set(special.values())) != len(special):
+        raise ConfigError(f"tokenizer-text: the special tokens must differ from each other, got {special}")
+    for role, token in special.items():
+        if not token or any(char.isspace() for char in token) or token in alphabet:
+            raise ConfigError(f"tokenizer-text --{role.replace('_', '-')}: {token!r} must be non-empty, without spaces, and not a code character")
     folder = Path(out_dir) / "tokenizer"
     if folder.exists():
         raise ConfigError(f"tokenizer-text --out: {folder} already exists; choose a new folder (nothing is overwritten)")

@@ -27,6 +27,7 @@ from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
+from brain_gen.training.checkpointing import ThreadedModelCheckpoint, newest_complete_checkpoint
 from brain_gen.training.lightning import LitModel, check_lr_schedule, check_resume_support
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,16 @@ class ExperimentDL:
     def __init__(self, cfg: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None):
         self.config = load_config(cfg, overrides)
         check_lr_schedule(self.config.lightning)
-        if self.config.resume_from not in (None, "last"):
+        if self.config.resume_from == "last":
+            newest = newest_complete_checkpoint(self.config.save_dir)
+            if newest is None:
+                raise ConfigError(
+                    f"resume_from: last: no complete last-checkpoint under {self.config.save_dir}; "
+                    "train first or give a checkpoint path"
+                )
+            log.info("resume_from: last is %s", newest)
+            self.config.resume_from = str(newest)
+        if self.config.resume_from is not None:
             check_checkpoint_file("resume_from", Path(self.config.resume_from))
         self.save_dir = Path(self.config.save_dir)
         check_writable_folder("save_dir", self.save_dir)
@@ -101,17 +111,19 @@ class ExperimentDL:
         check_resume_support(model, config.lightning)
         loss = instantiate("loss", loss_class, config.loss)
         self.build_datasets()
-        extras, eval_extras = loader_extras(config)
+        extras, eval_extras = loader_extras(config, loader_class)
         self.datamodule = BrainDataModule(self.datasets, loader_class, config.dataloader, extras, eval_extras)
         train_loader = self.datamodule.make_loader("train")
-        check_loader_fits_data(config, self.datasets["train"])
+        check_loader_fits_data(train_loader, self.datasets["train"])
         resume_context = config.lightning.resume_context if config.resume_from else None
         check_model_fits_data(model, self.datasets["train"], resume_context, train_loader)
         lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
         try:
             # Skipped when resume_context will reshape the model first: before that it cannot fit the data.
             if resume_context is None:
-                lit_model.trial_step(train_loader.collate_fn([self.datasets["train"][0]]))
+                # Two windows, so that a MixUp pair really blends.
+                trial = [self.datasets["train"][index] for index in range(min(2, len(self.datasets["train"])))]
+                lit_model.trial_step(train_loader.collate_fn(trial))
         except ConfigError:
             raise
         except Exception as exc:
@@ -148,7 +160,7 @@ class ExperimentDL:
         kwargs = trainer_config.lightning_kwargs
         callbacks: list[pl.Callback] = []
         if logger and kwargs.get("enable_checkpointing", True) is not False:
-            callbacks.extend(checkpoint_callbacks(Path(logger.log_dir) / "checkpoints"))
+            callbacks.extend(checkpoint_callbacks(Path(logger.log_dir) / "checkpoints", trainer_config.checkpoint_cadence_epochs))
         try:
             return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
         except (MisconfigurationException, ValueError) as exc:
@@ -280,9 +292,13 @@ def check_writable_folder(key: str, path: Path) -> None:
         raise ConfigError(f"{key}: no permission to write in {existing}; choose another path")
 
 
-def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
-    """The best (lowest val/loss) and the latest checkpoint, each kept as one file."""
-    best = ModelCheckpoint(
+def checkpoint_callbacks(dirpath: Path, cadence_epochs: int | None = None) -> list[ModelCheckpoint]:
+    """The best (lowest val/loss) and the latest checkpoint, each kept as one file.
+
+    The latest one is written every ``cadence_epochs`` epochs (every epoch by default),
+    and once more when training ends for any reason but a crash.
+    """
+    best = ThreadedModelCheckpoint(
         dirpath=dirpath,
         filename="best-checkpoint-epoch={epoch}-step={step}",
         monitor="val/loss",
@@ -290,42 +306,63 @@ def checkpoint_callbacks(dirpath: Path) -> list[ModelCheckpoint]:
         save_top_k=1,
         auto_insert_metric_name=False,
     )
-    last = ModelCheckpoint(
+    last = ThreadedModelCheckpoint(
         dirpath=dirpath,
         filename="last-checkpoint-epoch={epoch}-step={step}",
         monitor=None,
         save_top_k=1,
         auto_insert_metric_name=False,
+        every_n_epochs=cadence_epochs or 1,
+        final_last_checkpoint=True,
     )
     return [best, last]
 
 
-def loader_extras(config: ExperimentConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Keyword arguments of the chosen loader class: for every loader, and changes for val/test."""
+def loader_extras(config: ExperimentConfig, loader_class: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments of the loader class: for every loader, and changes for val/test.
+
+    A class given by import path gets the extras of the built-in loader it extends.
+    """
     options = config.dataloader
-    if config.dataloader_class == "MixupDataLoader":
+    owners = {"MixupDataLoader": (MixupDataLoader, MIXUP_KEYS), "TextDataLoader": (TextDataLoader, TEXT_KEYS)}
+    owner = next((name for name, (base, _) in owners.items() if issubclass(loader_class, base)), None)
+    for name, (_, keys) in owners.items():
+        for key in keys:
+            if name != owner and options.explicitly_set(key):
+                raise ConfigError(
+                    f"dataloader.{key} is only used by {name}, but {config.dataloader_class} is not one; remove the key"
+                )
+    if owner == "MixupDataLoader":
         return {key: getattr(options, key) for key in MIXUP_KEYS}, {"mix": False}
-    if config.dataloader_class == "TextDataLoader":
+    if owner == "TextDataLoader":
+        if options.tokenizer_path is None:
+            raise ConfigError(f"dataloader.tokenizer_path is required with dataloader_class: {config.dataloader_class}")
         return {key: getattr(options, key) for key in TEXT_KEYS}, {}
     return {}, {}
 
 
-def check_loader_fits_data(config: ExperimentConfig, dataset: Any) -> None:
-    """MixupDataLoader must be able to mix the targets, and quantize inputs as the targets are coded."""
-    if config.dataloader_class != "MixupDataLoader" or len(dataset) == 0:
+def check_loader_fits_data(loader: Any, dataset: Any) -> None:
+    """MixupDataLoader must be able to mix inputs and targets, and quantize inputs as the targets are coded."""
+    mixup = getattr(loader, "mixup", None)
+    if mixup is None or len(dataset) == 0:
         return
-    options = config.dataloader
-    _, targets = dataset[0]
-    if not targets.is_floating_point() and options.num_classes is None:
+    inputs, targets = dataset[0]
+    signals = inputs if isinstance(inputs, (tuple, list)) else [inputs]
+    if not any(torch.is_tensor(item) and item.is_floating_point() for item in signals):
+        raise ConfigError(
+            "datasplitter.dataset_class: MixupDataLoader blends floating-point inputs, but the dataset gives "
+            f"{getattr(inputs, 'dtype', type(inputs).__name__)} inputs; use ChunkDatasetContinuous (with target: codes to train on codes)"
+        )
+    if not targets.is_floating_point() and mixup.num_classes is None:
         raise ConfigError("dataloader.num_classes: the targets are integer classes, so MixupDataLoader needs num_classes to one-hot them")
     vocab = getattr(dataset, "vocab_size", None)
-    if options.num_classes is not None and vocab is not None and options.num_classes != vocab:
-        raise ConfigError(f"dataloader.num_classes: {options.num_classes}, but the targets have {vocab} classes; set it to {vocab}")
-    if options.quantize and vocab is not None:
+    if mixup.num_classes is not None and vocab is not None and mixup.num_classes != vocab:
+        raise ConfigError(f"dataloader.num_classes: {mixup.num_classes}, but the targets have {vocab} classes; set it to {vocab}")
+    if mixup.quantize and vocab is not None:
         for key in ("mu", "max_val"):
-            if getattr(dataset, key, getattr(options, key)) != getattr(options, key):
+            if getattr(dataset, key, getattr(mixup, key)) != getattr(mixup, key):
                 raise ConfigError(
-                    f"dataloader.{key}: {getattr(options, key)}, but the dataset codes its targets with {key}="
+                    f"dataloader.{key}: {getattr(mixup, key)}, but the dataset codes its targets with {key}="
                     f"{getattr(dataset, key)}; inputs and targets must be quantized alike"
                 )
 

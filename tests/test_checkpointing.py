@@ -1,0 +1,197 @@
+"""ThreadedModelCheckpoint: frozen snapshots, durable writes, cadence, final saves, resume_from: last."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+import brain_gen.training.checkpointing as checkpointing
+from brain_gen.config.errors import ConfigError
+from brain_gen.training.checkpointing import CheckpointWriteError
+from brain_gen.training.train import ExperimentDL
+from tests.conftest import tiny_config
+from tests.test_training import scalars
+
+QUICK = {"max_epochs": 3, "limit_train_batches": 2, "limit_val_batches": 1}
+
+
+def checkpoints(run_dir: Path, prefix: str) -> list[str]:
+    return sorted(path.name for path in (run_dir / "checkpoints").glob(f"{prefix}*.ckpt"))
+
+
+def run_dir_of(experiment: ExperimentDL) -> Path:
+    return Path(experiment.trainer.logger.log_dir)
+
+
+def test_snapshot_is_frozen_while_training_continues_during_the_write(tmp_path, tiny_dataset, monkeypatch):
+    original = checkpointing.write_atomically
+    observations = []
+
+    def slow_write(state, path):
+        frozen = {key: value.clone() for key, value in state["state_dict"].items() if torch.is_tensor(value)}
+        time.sleep(1.0)  # training runs further steps meanwhile
+        live = experiment.lit_model.state_dict()
+        observations.append(
+            {
+                "unchanged": all(torch.equal(value, state["state_dict"][key]) for key, value in frozen.items()),
+                "live_moved": any(not torch.equal(frozen[key].cpu(), live[key].cpu()) for key in frozen if key in live),
+                "step": state["global_step"],
+                "path": path,
+                "frozen": frozen,
+            }
+        )
+        original(state, path)
+
+    monkeypatch.setattr(checkpointing, "write_atomically", slow_write)
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"max_epochs": 3, "limit_train_batches": 8, "limit_val_batches": 1})
+    experiment = ExperimentDL(config)
+    experiment.train()
+    assert observations and all(o["unchanged"] for o in observations)
+    # The first write overlapped later training steps: the live weights moved on while it ran.
+    assert observations[0]["live_moved"]
+    first_last = next(o for o in observations if "last-checkpoint" in Path(o["path"]).name)
+    written = torch.load(first_last["path"], map_location="cpu", weights_only=False) if Path(first_last["path"]).exists() else None
+    final = [o for o in observations if Path(o["path"]).exists() and "last-checkpoint" in Path(o["path"]).name][-1]
+    saved = torch.load(final["path"], map_location="cpu", weights_only=False)
+    assert saved["global_step"] == final["step"]
+    assert all(torch.equal(saved["state_dict"][key], value) for key, value in final["frozen"].items())
+    assert written is None or written["global_step"] == first_last["step"]
+    assert "checkpoint/blocked_ms" in scalars(run_dir_of(experiment))
+
+
+def test_a_failed_write_is_raised_on_the_training_thread(tmp_path, tiny_dataset, monkeypatch):
+    def failing_write(state, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpointing, "write_atomically", failing_write)
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK))
+    with pytest.raises(CheckpointWriteError, match="disk full"):
+        experiment.train()
+
+
+def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "a.ckpt"
+    checkpointing.write_atomically({"x": torch.ones(3)}, target)
+    assert torch.equal(torch.load(target)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        checkpointing.write_atomically({"x": Unpicklable()}, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
+    assert torch.equal(torch.load(target)["x"], torch.ones(3))
+
+
+def test_cadence_throttles_last_checkpoint_and_training_end_writes_a_final_one(tmp_path, tiny_dataset, monkeypatch):
+    written = []
+    original = checkpointing.write_atomically
+    monkeypatch.setattr(checkpointing, "write_atomically", lambda state, path: (written.append(Path(path).name), original(state, path)))
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={**QUICK, "max_epochs": 5, "checkpoint_cadence_epochs": 3})
+    experiment = ExperimentDL(config)
+    experiment.train()
+    last = [name for name in written if name.startswith("last-checkpoint")]
+    assert [name.split("-step")[0] for name in last] == ["last-checkpoint-epoch=2", "last-checkpoint-epoch=4"]
+    assert checkpoints(run_dir_of(experiment), "last-checkpoint") == ["last-checkpoint-epoch=4-step=10.ckpt"]
+
+
+class StopAt(pl.Callback):
+    def __init__(self, epoch: int, error: BaseException):
+        self.epoch, self.error = epoch, error
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise self.error
+
+
+def train_with(tmp_path, dataset, callback, **trainer):
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs", dataset, trainer={**QUICK, "max_epochs": 6, "checkpoint_cadence_epochs": 10, **trainer}))
+    experiment.build()
+    original = experiment._build_trainer
+
+    def with_callback(logger):
+        built = original(logger)
+        built.callbacks.append(callback)
+        return built
+
+    experiment._build_trainer = with_callback
+    return experiment
+
+
+def test_ctrl_c_keeps_the_work_done_but_a_crash_does_not_write_a_final_checkpoint(tmp_path, tiny_dataset):
+    interrupted = train_with(tmp_path / "a", tiny_dataset, StopAt(1, KeyboardInterrupt()))
+    try:
+        with pytest.raises(SystemExit):  # Lightning ends the process after a graceful Ctrl-C shutdown
+            interrupted.train()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT from then on
+    assert checkpoints(run_dir_of(interrupted), "last-checkpoint") == ["last-checkpoint-epoch=1-step=4.ckpt"]
+
+    crashed = train_with(tmp_path / "b", tiny_dataset, StopAt(1, RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        crashed.train()
+    assert checkpoints(run_dir_of(crashed), "last-checkpoint") == []
+
+
+def test_resume_from_last_picks_the_newest_complete_checkpoint(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK)
+    with pytest.raises(ConfigError, match="resume_from: last: no complete last-checkpoint under"):
+        ExperimentDL({**config, "resume_from": "last"})
+    first = ExperimentDL(config)
+    first.train()
+    (run_dir_of(first) / "checkpoints" / ".last-checkpoint-epoch=9-step=99.ckpt.123.partial").write_bytes(b"torn")
+    resumed = ExperimentDL({**config, "resume_from": "last", "trainer": {**config["trainer"], "max_epochs": 4}})
+    assert Path(resumed.config.resume_from).name == "last-checkpoint-epoch=2-step=6.ckpt"
+    resumed.train()
+    assert resumed.trainer.global_step == 8
+
+
+# --------------------------------------------------------------------------- kill -9
+
+
+KILL_TRIALS = 6
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tmp_path, tiny_dataset):
+    config = tiny_config(
+        tmp_path / "runs",
+        tiny_dataset,
+        model_config={"vocab_size": 256, "num_channels": 4, "d_model": 256, "n_layers": 4, "n_heads": 4, "max_position_embeddings": 64},
+        trainer={"max_epochs": 1000, "limit_train_batches": 1, "limit_val_batches": 1, "num_sanity_val_steps": 0},
+    )
+    path = tmp_path / "kill.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(path)]
+    rng = random.Random(7)
+    for _ in range(KILL_TRIALS):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Let it start (imports take a few seconds), then kill it at a random moment of training.
+        time.sleep(rng.uniform(6.0, 12.0))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    found = sorted((tmp_path / "runs").rglob("*.ckpt"))
+    assert found, "no checkpoint was written before the kills"
+    for checkpoint in found:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        assert {"state_dict", "optimizer_states", "loops", "global_step"} <= set(state)
+    # Each surviving file also resumes: one more epoch from it.
+    for checkpoint in found:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        again = {**config, "save_dir": str(tmp_path / "resumed"), "resume_from": str(checkpoint)}
+        again["trainer"] = {**config["trainer"], "max_epochs": state["epoch"] + 2}
+        experiment = ExperimentDL(again)
+        experiment.train()
+        assert experiment.trainer.global_step > state["global_step"]
