@@ -12,11 +12,7 @@ from brain_gen.config.schema import ExperimentConfig
 
 def pending_features(config: ExperimentConfig) -> list[str]:
     """The keys of ``config`` that ask for behaviour brain-gen does not have yet."""
-    trainer = config.trainer
     asks = {
         "eval_runner": config.eval_runner is not None,
-        "trainer.early_stopping": trainer.early_stopping is not None,
-        "trainer.validate_before_resume": trainer.validate_before_resume,
-        "trainer.callbacks": bool(trainer.callbacks),
     }
     return [key for key, asked in asks.items() if asked]

@@ -395,6 +395,8 @@ class ExperimentConfig(Section):
         if self.resume_from is None:
             for key in self.lightning.resume_keys_set():
                 raise ValueError(f"lightning.{key} only applies when resuming; set resume_from or remove the key")
+            if self.trainer.validate_before_resume:
+                raise ValueError("trainer.validate_before_resume only applies when resuming; set resume_from or remove the key")
         return self
 
     def to_dict(self) -> dict[str, Any]:

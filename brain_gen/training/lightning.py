@@ -130,6 +130,8 @@ class LitModel(pl.LightningModule):
         self._step_started_at: float | None = None
         self._resume_overrides_applied = False
         self._no_decay_reported = False
+        # Set by ExperimentDL around the validation pass of validate_before_resume.
+        self.validating_before_resume = False
 
     # ----------------------------------------------------------------- steps
 
@@ -149,15 +151,15 @@ class LitModel(pl.LightningModule):
                 self.log(f"{stage}/{name}", metric(outputs.detach(), targets), **log_options)
         return loss
 
-    def trial_step(self, batch: Any) -> torch.Tensor:
-        """The loss of one batch in eval mode without gradients (and without compiling), to check fit."""
+    def trial_step(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        """Outputs and loss of one batch in eval mode without gradients (and without compiling), to check fit."""
         inputs, targets = batch
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
                 outputs = call_model(self.model, inputs)
-                return self.loss_fn(outputs, targets, model=self.model)
+                return outputs, self.loss_fn(outputs, targets, model=self.model)
         finally:
             self.model.train(was_training)
 
@@ -305,9 +307,13 @@ class LitModel(pl.LightningModule):
 
     def _apply_resume_overrides(self) -> None:
         trainer = self.trainer
-        if self._resume_overrides_applied or trainer.state.fn != TrainerFn.FITTING or not trainer.ckpt_path:
+        stage_resumes = trainer.state.fn == TrainerFn.FITTING or (
+            trainer.state.fn == TrainerFn.VALIDATING and self.validating_before_resume
+        )
+        if self._resume_overrides_applied or not stage_resumes or not trainer.ckpt_path:
             return
-        self._resume_overrides_applied = True
+        # The validation before a resume restores the weights once more for fit: apply again then.
+        self._resume_overrides_applied = trainer.state.fn == TrainerFn.FITTING
         config = self.config
         if config.resume_context is not None:
             request = config.resume_context.model_dump(exclude_none=True)

@@ -11,6 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import yaml
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
@@ -27,6 +28,7 @@ from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
+from brain_gen.training.callbacks import LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import ThreadedModelCheckpoint, newest_complete_checkpoint
 from brain_gen.training.lightning import LitModel, check_lr_schedule, check_resume_support
 
@@ -68,6 +70,7 @@ class ExperimentDL:
             check_checkpoint_file("resume_from", Path(self.config.resume_from))
         self.save_dir = Path(self.config.save_dir)
         check_writable_folder("save_dir", self.save_dir)
+        self.user_callbacks = user_callbacks(self.config.trainer.callbacks)
         if self.config.datasplitter.cache_dir:
             check_writable_folder("datasplitter.cache_dir", Path(self.config.datasplitter.cache_dir))
         self.splits: dict[str, Split] | None = None
@@ -123,7 +126,8 @@ class ExperimentDL:
             if resume_context is None:
                 # Two windows, so that a MixUp pair really blends.
                 trial = [self.datasets["train"][index] for index in range(min(2, len(self.datasets["train"])))]
-                lit_model.trial_step(train_loader.collate_fn(trial))
+                outputs = lit_model.trial_step(train_loader.collate_fn(trial))[0]
+                self.bytes_per_window = estimate_bytes_per_window(trial[0], outputs, len(trial))
         except ConfigError:
             raise
         except Exception as exc:
@@ -136,19 +140,25 @@ class ExperimentDL:
         self._check_monitors()
 
     def _check_monitors(self) -> None:
-        """Every metric a config key monitors must be one the run logs."""
+        """Every metric a config key monitors must be one the run logs, checked before training."""
+        has_validation = len(self.datasets["val"]) > 0
         scheduler = self.config.lightning.lr_scheduler
-        if scheduler is None or scheduler.monitor is None:
-            return
-        # A per-step schedule reads its monitor after every step, when only training metrics exist.
-        per_step = self.config.lightning.schedule_interval == "step"
-        logged = self.lit_model.logged_metric_names(with_validation=not per_step and len(self.datasets["val"]) > 0)
-        if scheduler.monitor not in logged:
+        if scheduler is not None and scheduler.monitor is not None:
+            # A per-step schedule reads its monitor after every step, when only training metrics exist.
+            per_step = self.config.lightning.schedule_interval == "step"
             when = "is not logged at every step (interval: step)" if per_step else "is never logged"
-            raise ConfigError(
-                f"lightning.lr_scheduler.monitor: {scheduler.monitor!r} {when}"
-                f"{did_you_mean(scheduler.monitor, logged)}; logged metrics: {', '.join(logged)}"
-            )
+            self._check_monitor("lightning.lr_scheduler.monitor", scheduler.monitor, has_validation and not per_step, when)
+        stopping = self.config.trainer.early_stopping
+        if stopping is not None:
+            # Checked at the end of the training epoch, before that epoch's validation has run.
+            at_train_end = stopping.check_on_train_epoch_end
+            when = "is not logged when checked at train epoch end" if at_train_end else "is never logged"
+            self._check_monitor("trainer.early_stopping.monitor", stopping.monitor, has_validation and not at_train_end, when)
+
+    def _check_monitor(self, key: str, monitor: str, with_validation: bool, when: str) -> None:
+        logged = self.lit_model.logged_metric_names(with_validation=with_validation)
+        if monitor not in logged:
+            raise ConfigError(f"{key}: {monitor!r} {when}{did_you_mean(monitor, logged)}; logged metrics: {', '.join(logged)}")
 
     def dataloader(self, split: str) -> DataLoader | None:
         """The loader of one split, or None when that split has no windows."""
@@ -161,10 +171,42 @@ class ExperimentDL:
         callbacks: list[pl.Callback] = []
         if logger and kwargs.get("enable_checkpointing", True) is not False:
             callbacks.extend(checkpoint_callbacks(Path(logger.log_dir) / "checkpoints", trainer_config.checkpoint_cadence_epochs))
+        stopping = early_stopping(trainer_config.early_stopping)
+        if stopping is not None:
+            callbacks.append(stopping)
+        callbacks.append(LogBatchSize())
+        callbacks.extend(self.user_callbacks)
         try:
             return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
         except (MisconfigurationException, ValueError) as exc:
             raise ConfigError(f"trainer: {exc}") from exc
+
+    def _add_batch_size_finder(self, trainer: pl.Trainer) -> None:
+        """Put a BatchSizeFinder in front of the callbacks when tune_batch_size asks for one and it is safe."""
+        config = self.config.trainer
+        if not config.tune_batch_size:
+            return
+        batch_size = self.config.dataloader.batch_size
+        if trainer.world_size > 1:
+            log.warning("notice: trainer.tune_batch_size skipped: Lightning cannot search batch sizes under a distributed strategy")
+            return
+        cap = None
+        if isinstance(trainer.accelerator, CPUAccelerator):
+            if not config.explicitly_set("tune_batch_size"):
+                log.warning(
+                    "notice: trainer.tune_batch_size skipped on CPU (running out of host memory kills the process); "
+                    "training with dataloader.batch_size=%d; set tune_batch_size: true to search within a safe bound",
+                    batch_size,
+                )
+                return
+            cap = cpu_batch_size_cap(len(self.datasets["train"]), self.bytes_per_window)
+        else:
+            cap = len(self.datasets["train"])
+        finder = batch_size_finder(batch_size, cap)
+        if finder is None:
+            log.warning("notice: trainer.tune_batch_size: batch_size=%d is already at the search bound (%d); no search", batch_size, cap)
+            return
+        trainer.callbacks.insert(0, finder)
 
     def _start_run(self) -> pl.Trainer:
         """A Trainer logging into a new version folder, with the resolved config saved there."""
@@ -179,11 +221,7 @@ class ExperimentDL:
                 "no val/loss and no best-checkpoint; last-checkpoint is still written"
             )
             trainer.callbacks[:] = [c for c in trainer.callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor)]
-        if self.config.trainer.tune_batch_size:
-            log.warning(
-                "notice: trainer.tune_batch_size is not implemented yet; training with dataloader.batch_size=%d",
-                self.config.dataloader.batch_size,
-            )
+        self._add_batch_size_finder(trainer)
         run_dir = Path(logger.log_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         # "x": a run never overwrites another run's files.
@@ -199,6 +237,11 @@ class ExperimentDL:
         trainer = self._start_run()
         log.info("run folder: %s", trainer.logger.log_dir)
         try:
+            if self.config.trainer.validate_before_resume and self.config.resume_from:
+                log.info("validating the restored weights of %s before training resumes", self.config.resume_from)
+                self.lit_model.validating_before_resume = True
+                trainer.validate(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
+                self.lit_model.validating_before_resume = False
             trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
         except MisconfigurationException as exc:
             raise ConfigError(f"trainer: {exc}") from exc
@@ -266,6 +309,23 @@ class ExperimentDL:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "pending": pending_features(self.config),
         }
+
+
+def estimate_bytes_per_window(sample: Any, outputs: Any, windows: int) -> int:
+    """A rough cost of one window through a training step, for bounding the CPU batch-size search.
+
+    The sample's own tensors, plus the model outputs several times over (activations,
+    their gradients and the loss's intermediate copies scale with the output size).
+    """
+
+    def size(value: Any) -> int:
+        if torch.is_tensor(value):
+            return value.numel() * value.element_size()
+        if isinstance(value, (tuple, list)):
+            return sum(size(item) for item in value)
+        return 0
+
+    return size(sample) + 8 * size(outputs) // max(windows, 1)
 
 
 def check_checkpoint_file(key: str, path: Path) -> None:

@@ -1,0 +1,115 @@
+"""The callbacks the `trainer` section asks for: early stopping, the batch-size finder, the user's own."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning import callbacks as lightning_callbacks
+from pytorch_lightning.callbacks import BatchSizeFinder, EarlyStopping
+
+from brain_gen.config.errors import ConfigError, did_you_mean
+from brain_gen.config.registry import check_arguments, import_object
+from brain_gen.config.schema import EarlyStoppingConfig
+
+log = logging.getLogger(__name__)
+
+
+def user_callbacks(entries: list[Any]) -> list[pl.Callback]:
+    """Build ``trainer.callbacks``: ``{class_path, init_args}``, a Lightning callback name, or an object."""
+    built = []
+    for index, entry in enumerate(entries):
+        key = f"trainer.callbacks.{index}"
+        if isinstance(entry, pl.Callback):
+            built.append(entry)
+            continue
+        if isinstance(entry, str):
+            entry = {"class_path": entry}
+        if not isinstance(entry, dict) or "class_path" not in entry:
+            raise ConfigError(f"{key}: expected a callback class name or {{class_path: ..., init_args: {{...}}}}, got {entry!r}")
+        unknown = set(entry) - {"class_path", "init_args"}
+        if unknown:
+            raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key; a callback entry has class_path and init_args")
+        class_path, init_args = entry["class_path"], entry.get("init_args") or {}
+        if not isinstance(init_args, dict):
+            raise ConfigError(f"{key}.init_args: expected a mapping, got {init_args!r}")
+        callback_class = _callback_class(f"{key}.class_path", class_path)
+        problems = check_arguments(f"{key}.init_args", callback_class, init_args)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        try:
+            built.append(callback_class(**init_args))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{key}: {class_path} rejected its arguments: {exc}") from exc
+    return built
+
+
+def _callback_class(key: str, name: str) -> type[pl.Callback]:
+    if "." not in name and ":" not in name:
+        found = getattr(lightning_callbacks, name, None)
+        if not (isinstance(found, type) and issubclass(found, pl.Callback)):
+            names = [n for n, v in vars(lightning_callbacks).items() if isinstance(v, type) and issubclass(v, pl.Callback)]
+            raise ConfigError(f"{key}: {name!r} is not a Lightning callback{did_you_mean(name, names)}; or give an import path package.module:Class")
+        return found
+    try:
+        found = import_object(name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{key}: cannot import {name!r} ({exc})") from exc
+    if not (isinstance(found, type) and issubclass(found, pl.Callback)):
+        raise ConfigError(f"{key}: {name!r} is not a pytorch_lightning Callback class")
+    return found
+
+
+def early_stopping(config: EarlyStoppingConfig | None) -> EarlyStopping | None:
+    """Lightning's EarlyStopping with the configured options; options left null keep Lightning's defaults."""
+    if config is None:
+        return None
+    options = {key: value for key, value in config.model_dump().items() if value is not None}
+    return EarlyStopping(**options)
+
+
+def available_memory_bytes() -> int:
+    """Memory the system can still give this process (MemAvailable), or physical memory as a fallback."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def cpu_batch_size_cap(train_windows: int, bytes_per_window: int) -> int:
+    """Largest batch the CPU search may try: within the dataset and half of the free memory.
+
+    A CPU out-of-memory kills the process instead of raising, so unlike on a GPU the
+    search cannot find the limit by failing; ``bytes_per_window`` is an estimate of
+    what one window costs through a training step.
+    """
+    memory_cap = available_memory_bytes() // 2 // max(bytes_per_window, 1)
+    return max(1, min(train_windows, memory_cap))
+
+
+def batch_size_finder(init_val: int, cap: int | None) -> BatchSizeFinder | None:
+    """BatchSizeFinder doubling from ``init_val``, with no more trials than ``cap`` allows (None: no cap)."""
+    max_trials = 25
+    if cap is not None:
+        max_trials = min(max_trials, int(math.floor(math.log2(max(cap, 1) / init_val))) if cap >= init_val else 0)
+    if max_trials < 1:
+        return None
+    return BatchSizeFinder(mode="power", init_val=init_val, steps_per_trial=3, max_trials=max_trials)
+
+
+class LogBatchSize(pl.Callback):
+    """Logs the batch size training really uses (after any search) as ``batch_size``."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        size = getattr(trainer.datamodule, "batch_size", None)
+        if size is None or trainer.logger is None:
+            return
+        trainer.logger.log_metrics({"batch_size": float(size)}, step=trainer.global_step)
+        log.info("training with batch_size=%d", size)

@@ -1,0 +1,98 @@
+"""The `trainer` section's own keys on real Trainer runs: early stopping, callbacks, validation before resume, batch size."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BatchSizeFinder
+
+from brain_gen.training.callbacks import batch_size_finder, cpu_batch_size_cap
+from brain_gen.training.train import ExperimentDL
+from tests.conftest import tiny_config
+from tests.test_training import scalars
+
+QUICK = {"max_epochs": 6, "limit_train_batches": 2, "limit_val_batches": 2}
+
+
+def train(tmp_path, dataset, **changes):
+    trainer = {**QUICK, **changes.pop("trainer", {})}
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs", dataset, trainer=trainer, **changes))
+    experiment.train()
+    return experiment, scalars(Path(experiment.trainer.logger.log_dir))
+
+
+def test_early_stopping_stops_and_keeps_a_final_checkpoint(tmp_path, tiny_dataset):
+    # No later epoch can beat the first by 100 nats: with patience 1, training stops after the second epoch.
+    experiment, logged = train(tmp_path, tiny_dataset, trainer={"early_stopping": {"patience": 1, "min_delta": 100.0}, "checkpoint_cadence_epochs": 10})
+    assert experiment.trainer.current_epoch == 2 and len(logged["val/loss"]) == 2
+    names = [p.name for p in (Path(experiment.trainer.logger.log_dir) / "checkpoints").glob("last-checkpoint*")]
+    assert names == ["last-checkpoint-epoch=1-step=4.ckpt"]
+
+
+@pytest.mark.parametrize("setting, patience", [(True, 10), (2, 2)])
+def test_early_stopping_short_forms(tmp_path, tiny_dataset, setting, patience):
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs", tiny_dataset, trainer={**QUICK, "early_stopping": setting}))
+    experiment.build()
+    trainer = experiment._build_trainer(False)
+    stopper = trainer.early_stopping_callback
+    assert stopper.patience == patience and stopper.monitor == "val/loss" and stopper.mode == "min"
+
+
+def test_callbacks_from_names_class_paths_and_objects_are_appended(tmp_path, tiny_dataset):
+    class Counter(pl.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, *args):
+            Counter.batches += 1
+
+    callbacks = [
+        "LearningRateMonitor",
+        {"class_path": "pytorch_lightning.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step", "log_weight_decay": True}},
+        Counter(),
+    ]
+    experiment, logged = train(tmp_path, tiny_dataset, trainer={"max_epochs": 1, "callbacks": callbacks})
+    assert Counter.batches == 2
+    assert "lr-AdamW/pg1" in logged or "lr-AdamW" in logged or any(tag.startswith("lr-AdamW") for tag in logged)
+    types = [type(c).__name__ for c in experiment.trainer.callbacks]
+    assert types.count("LearningRateMonitor") == 2 and "ThreadedModelCheckpoint" in types
+
+
+def test_validate_before_resume_logs_a_validation_of_the_restored_weights(tmp_path, tiny_dataset):
+    first, _ = train(tmp_path / "a", tiny_dataset, trainer={"max_epochs": 1})
+    checkpoint = str(next((Path(first.trainer.logger.log_dir) / "checkpoints").glob("last-*.ckpt")))
+    _, plain = train(tmp_path / "b", tiny_dataset, resume_from=checkpoint, trainer={"max_epochs": 2})
+    _, checked = train(tmp_path / "c", tiny_dataset, resume_from=checkpoint, trainer={"max_epochs": 2, "validate_before_resume": True})
+    assert len(plain["val/loss"]) == 1 and len(checked["val/loss"]) == 2
+    # The extra pass saw the restored weights: the same loss the first run validated with.
+    assert checked["val/loss"][0][1] == pytest.approx(scalars(Path(first.trainer.logger.log_dir))["val/loss"][-1][1], rel=1e-5)
+
+
+def test_explicit_batch_size_search_on_cpu_is_bounded_used_and_logged(tmp_path, tiny_dataset):
+    experiment, logged = train(tmp_path, tiny_dataset, trainer={"max_epochs": 1, "tune_batch_size": True, "limit_train_batches": None})
+    found = experiment.datamodule.batch_size
+    # 160 training windows bound the doubling search from 8: at most 8 * 2**4 = 128.
+    assert 8 < found <= 128
+    assert logged["batch_size"][-1][1] == found
+    assert experiment.trainer.train_dataloader.batch_size == found
+
+
+def test_batch_size_search_bounds():
+    assert batch_size_finder(8, cap=160)._max_trials == 4
+    assert batch_size_finder(8, cap=15) is None
+    assert isinstance(batch_size_finder(8, cap=None), BatchSizeFinder)
+    assert cpu_batch_size_cap(train_windows=1000, bytes_per_window=1) == 1000
+    assert cpu_batch_size_cap(train_windows=1000, bytes_per_window=1 << 50) == 1
+
+
+def test_batch_size_search_is_skipped_under_distributed_training(tmp_path, tiny_dataset, caplog):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"tune_batch_size": True, "strategy": "ddp", "devices": 2})
+    experiment = ExperimentDL(config)
+    experiment.build()
+    trainer = experiment._build_trainer(False)
+    with caplog.at_level(logging.WARNING, logger="brain_gen"):
+        experiment._add_batch_size_finder(trainer)
+    assert not any(isinstance(c, BatchSizeFinder) for c in trainer.callbacks)
+    assert any("distributed" in record.getMessage() for record in caplog.records)
