@@ -96,3 +96,38 @@ def test_batch_size_search_is_skipped_under_distributed_training(tmp_path, tiny_
         experiment._add_batch_size_finder(trainer)
     assert not any(isinstance(c, BatchSizeFinder) for c in trainer.callbacks)
     assert any("distributed" in record.getMessage() for record in caplog.records)
+
+
+def test_performance_monitor_logs_throughput_every_log_interval(tmp_path, tiny_dataset):
+    _, logged = train(tmp_path, tiny_dataset, trainer={"max_epochs": 2, "limit_train_batches": 6, "log_every_n_steps": 3})
+    for tag in ("perf/batches_per_sec", "perf/samples_per_sec", "perf/tokens_per_sec", "perf/data_wait_fraction"):
+        assert len(logged[tag]) == 4, tag  # 2 epochs x 6 batches / every 3
+    for (_, batches), (_, samples), (_, tokens), (_, wait) in zip(
+        logged["perf/batches_per_sec"], logged["perf/samples_per_sec"], logged["perf/tokens_per_sec"], logged["perf/data_wait_fraction"]
+    ):
+        assert samples == pytest.approx(8 * batches, rel=1e-5)  # batch size 8
+        assert tokens == pytest.approx(4 * 49 * samples, rel=1e-5)  # 4 channels x 49 steps per window
+        assert 0.0 <= wait <= 1.0
+    assert len(logged["perf/epoch_time_sec"]) == 2 and all(value > 0 for _, value in logged["perf/epoch_time_sec"])
+
+
+def test_token_count_of_text_batches_skips_padding():
+    import torch
+
+    from brain_gen.training.performance import tokens_of
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    batch = ((torch.zeros(2, 4, dtype=torch.long), mask, torch.zeros(2, 4, dtype=torch.long)), torch.zeros(2, 4))
+    assert int(tokens_of(batch)) == 5
+    assert tokens_of((torch.zeros(3, 4, 10), torch.zeros(3, 4, 10))) == 120
+
+
+def test_tensorboard_is_not_flushed_on_every_logged_step(tmp_path, tiny_dataset, monkeypatch):
+    from torch.utils.tensorboard import SummaryWriter
+
+    flushes = []
+    original = SummaryWriter.flush
+    monkeypatch.setattr(SummaryWriter, "flush", lambda self: (flushes.append(1), original(self)))
+    _, logged = train(tmp_path, tiny_dataset, trainer={"max_epochs": 2, "limit_train_batches": 10, "log_every_n_steps": 1})
+    assert len(logged["train/loss"]) == 20  # every step logged and on disk at the end
+    assert 1 <= len(flushes) <= 4  # the final flush, not one per step

@@ -31,6 +31,7 @@ from brain_gen.models import MODELS
 from brain_gen.training.callbacks import LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import ThreadedModelCheckpoint, newest_complete_checkpoint
 from brain_gen.training.lightning import LitModel, check_lr_schedule, check_resume_support
+from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class ExperimentDL:
         stopping = early_stopping(trainer_config.early_stopping)
         if stopping is not None:
             callbacks.append(stopping)
-        callbacks.append(LogBatchSize())
+        callbacks.extend([LogBatchSize(), PerformanceMonitor()])
         callbacks.extend(self.user_callbacks)
         try:
             return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
@@ -211,7 +212,7 @@ class ExperimentDL:
     def _start_run(self) -> pl.Trainer:
         """A Trainer logging into a new version folder, with the resolved config saved there."""
         self._stop_on_pending_features()
-        logger = TensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name, default_hp_metric=False)
+        logger = BoundedFlushTensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name, default_hp_metric=False)
         # The Trainer checks accelerator, devices and precision: before data is read.
         trainer = self._build_trainer(logger)
         self.build()

@@ -1,0 +1,118 @@
+"""Throughput telemetry: PerformanceMonitor, and a TensorBoard logger that flushes at a bounded rate."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+
+def batch_size_of(batch: Any) -> int:
+    """Samples in a ``(inputs, targets)`` batch."""
+    return len(batch[1])
+
+
+def tokens_of(batch: Any) -> int | torch.Tensor:
+    """Tokens in a batch: channels x time for signal windows, non-padding tokens for text.
+
+    Text batches carry ``(input_ids, attention_mask, channel_ids)``; their count stays
+    a device tensor, so that no step waits for it.
+    """
+    inputs = batch[0]
+    if isinstance(inputs, (tuple, list)):
+        first = inputs[0]
+        if len(inputs) > 1 and torch.is_tensor(inputs[1]) and inputs[1].shape == first.shape and not inputs[1].is_floating_point():
+            return inputs[1].sum()
+        return first.numel()
+    return inputs.numel()
+
+
+class PerformanceMonitor(pl.Callback):
+    """Logs ``perf/*`` throughput every ``log_every_n_steps`` training batches.
+
+    - ``perf/batches_per_sec``, ``perf/samples_per_sec``, ``perf/tokens_per_sec``: over
+      the batches since the last log; under DDP summed over ranks (global rates);
+    - ``perf/data_wait_fraction``: the share of that time spent between one batch's end
+      and the next one's start, which is where the loader is waited for;
+    - ``perf/epoch_time_sec`` at the end of each training epoch;
+    - on CUDA, ``perf/cuda_memory_allocated_gb`` and ``perf/cuda_memory_peak_gb``.
+
+    Only clock reads happen per step; nothing waits for the device except the token
+    count of text batches, read once per log.
+    """
+
+    def __init__(self):
+        self._reset_window(time.perf_counter())
+        self._epoch_started = time.perf_counter()
+
+    def _reset_window(self, now: float) -> None:
+        self._window_started = now
+        self._last_batch_end = now
+        self._batches = 0
+        self._samples = 0
+        self._tokens: int | torch.Tensor = 0
+        self._waiting = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        now = time.perf_counter()
+        self._epoch_started = now
+        self._reset_window(now)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._waiting += time.perf_counter() - self._last_batch_end
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self._batches += 1
+        self._samples += batch_size_of(batch)
+        self._tokens = self._tokens + tokens_of(batch)
+        self._last_batch_end = now
+        if self._batches < max(trainer.log_every_n_steps, 1):
+            return
+        elapsed = max(now - self._window_started, 1e-9)
+        tokens = float(self._tokens)  # the one read of a device count, once per log
+        rates = {
+            "perf/batches_per_sec": self._batches / elapsed,
+            "perf/samples_per_sec": self._samples / elapsed,
+            "perf/tokens_per_sec": tokens / elapsed,
+        }
+        pl_module.log_dict(rates, on_step=True, on_epoch=False, sync_dist=True, reduce_fx="sum")
+        pl_module.log("perf/data_wait_fraction", min(self._waiting / elapsed, 1.0), on_step=True, on_epoch=False, sync_dist=True)
+        if pl_module.device.type == "cuda":
+            gigabyte = float(1 << 30)
+            pl_module.log("perf/cuda_memory_allocated_gb", torch.cuda.memory_allocated(pl_module.device) / gigabyte, on_step=True, on_epoch=False)
+            pl_module.log("perf/cuda_memory_peak_gb", torch.cuda.max_memory_allocated(pl_module.device) / gigabyte, on_step=True, on_epoch=False)
+        self._reset_window(now)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log("perf/epoch_time_sec", time.perf_counter() - self._epoch_started, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+
+class BoundedFlushTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoardLogger, flushing to disk at most every ``flush_interval_sec`` seconds.
+
+    Lightning asks the logger to save after every logged step, which would make the
+    event file write through to disk each time. Events still reach disk when the
+    writer's own queue fills, and everything is flushed when the run ends.
+    """
+
+    def __init__(self, *args: Any, flush_interval_sec: float = 30.0, **kwargs: Any):
+        kwargs.setdefault("flush_secs", int(flush_interval_sec))
+        super().__init__(*args, **kwargs)
+        self.flush_interval_sec = flush_interval_sec
+        self._last_flush = time.monotonic()
+
+    def save(self) -> None:
+        now = time.monotonic()
+        if now - self._last_flush < self.flush_interval_sec:
+            return
+        self._last_flush = now
+        super().save()
+
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            super().save()
+        super().finalize(status)
