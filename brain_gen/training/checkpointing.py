@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -139,7 +140,7 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
 
     def _submit(self, function, *args) -> None:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer", initializer=_lower_priority)
         self._writes.append(self._executor.submit(function, *args))
 
     def wait_for_writes(self) -> float:
@@ -204,6 +205,14 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "final_last_checkpoint": self.final_last_checkpoint}
+
+
+def _lower_priority() -> None:
+    """Let the training threads win when the writer thread competes with them for CPU."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: keep the default priority
 
 
 def _remove_after(write: Future | None, filepath: str) -> None:
