@@ -117,17 +117,9 @@ class StopAt(pl.Callback):
 
 
 def train_with(tmp_path, dataset, callback, **trainer):
-    experiment = ExperimentDL(tiny_config(tmp_path / "runs", dataset, trainer={**QUICK, "max_epochs": 6, "checkpoint_cadence_epochs": 10, **trainer}))
-    experiment.build()
-    original = experiment._build_trainer
-
-    def with_callback(logger):
-        built = original(logger)
-        built.callbacks.append(callback)
-        return built
-
-    experiment._build_trainer = with_callback
-    return experiment
+    # trainer.callbacks takes callback objects when the config comes from Python.
+    extra = {**QUICK, "max_epochs": 6, "checkpoint_cadence_epochs": 10, "callbacks": [callback], **trainer}
+    return ExperimentDL(tiny_config(tmp_path / "runs", dataset, trainer=extra))
 
 
 def test_ctrl_c_keeps_the_work_done_but_a_crash_does_not_write_a_final_checkpoint(tmp_path, tiny_dataset):

@@ -168,18 +168,9 @@ def test_grad_norm_and_clip_percentage_match_their_definitions(tmp_path, tiny_da
         tmp_path / "runs",
         tiny_dataset,
         lightning={"lr": BASE_LR, "grad_clip_threshold": 0.45},
-        trainer={"max_epochs": 2, "limit_train_batches": 7, "limit_val_batches": 1, "gradient_clip_val": 0.01},
+        trainer={"max_epochs": 2, "limit_train_batches": 7, "limit_val_batches": 1, "gradient_clip_val": 0.01, "callbacks": [recorder]},
     )
     experiment = ExperimentDL(config)
-    experiment.build()
-    original = experiment._build_trainer
-
-    def with_recorder(logger):
-        trainer = original(logger)
-        trainer.callbacks.append(recorder)
-        return trainer
-
-    experiment._build_trainer = with_recorder
     experiment.train()
     logged = scalars(Path(experiment.trainer.logger.log_dir))
     assert values(logged, "grad_norm") == pytest.approx(recorder.norms, rel=1e-5)

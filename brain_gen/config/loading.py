@@ -6,7 +6,6 @@ line, each problem naming its dotted key.
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import os
@@ -104,6 +103,16 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
             data.pop(key, None)
 
 
+def _copy_containers(value: Any) -> Any:
+    """Copy mappings and lists so loading never edits the caller's config; other objects
+    (a callback instance passed from Python) stay the very same object."""
+    if isinstance(value, dict):
+        return {key: _copy_containers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_containers(item) for item in value]
+    return value
+
+
 def _inline_model_config(data: dict[str, Any], base_dir: Path) -> None:
     model_config = data.get("model_config")
     if isinstance(model_config, str):
@@ -117,7 +126,7 @@ def load_config(source: dict[str, Any] | str | os.PathLike, overrides: list[str]
     a mapping), and that holds for paths given in overrides too.
     """
     if isinstance(source, dict):
-        data = copy.deepcopy(source)
+        data = _copy_containers(source)
         base_dir = Path.cwd()
     else:
         config_path = Path(source).expanduser().resolve()
