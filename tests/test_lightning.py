@@ -285,7 +285,7 @@ def test_resume_context_lets_the_model_run_at_a_longer_window(tmp_path, tiny_dat
         trainer={"max_epochs": 2, "limit_train_batches": 2},
     )
     assert resized.model.max_position_embeddings == 100 and resized.model.rope_theta == 5000.0
-    assert resized.model.rope_cos.shape[0] == 100
+    assert resized.model.transformer.rope_cos.shape[0] == 100
     assert resized.trainer.global_step == 4 and "val/loss" in logged
 
     shrunk = tiny_config(tmp_path / "cli", tiny_dataset, resume_from=checkpoint, lightning={"resume_context": {"max_position_embeddings": 16}})

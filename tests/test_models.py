@@ -97,7 +97,7 @@ def test_resize_context_keeps_weights_and_accepts_longer_sequences():
     model = small_model()
     weights = {k: v.clone() for k, v in model.state_dict().items() if k != "_extra_state"}
     model.resize_context(input_shape=[3, 40], rope_theta=500.0)
-    assert model.max_position_embeddings == 40 and model.rope_cos.shape == (40, 4)
+    assert model.max_position_embeddings == 40 and model.transformer.rope_cos.shape == (40, 4)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     assert model(torch.zeros(1, 3, 40, dtype=torch.long)).shape == (1, 3, 40, 32)
     with pytest.raises(ValueError, match="channel count cannot change"):

@@ -12,22 +12,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def rotary_tables(max_positions: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables ``[max_positions, head_dim // 2]`` for rotary position encoding."""
-    inverse_frequency = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inverse_frequency)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of features of ``x`` ``[..., T, head_dim]`` by their position's angle."""
-    even, odd = x[..., 0::2], x[..., 1::2]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+from brain_gen.models.transformer import CausalTransformer, init_weights
 
 
 @dataclass
@@ -58,42 +45,6 @@ class TokenCorruption:
         if unknown:
             raise ValueError(f"unknown token corruption key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
         return cls(**settings)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        batch, time, width = x.shape
-        q, k, v = self.qkv(x).view(batch, time, 3, self.n_heads, width // self.n_heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        attended = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.resid_dropout(self.proj(attended.transpose(1, 2).reshape(batch, time, width)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: attention then a 4x MLP, each with a residual."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(d_model)
-        self.attention = CausalSelfAttention(d_model, n_heads, dropout)
-        self.mlp_norm = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model), nn.Dropout(dropout)
-        )
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
 
 
 class ChannelGPT(nn.Module):
@@ -128,34 +79,23 @@ class ChannelGPT(nn.Module):
         token_corruption_cfg: dict[str, Any] | None = None,
     ):
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("num_channels", num_channels), ("n_layers", n_layers), ("n_heads", n_heads), ("d_model", d_model)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if d_model % n_heads or (d_model // n_heads) % 2:
-            raise ValueError(f"d_model ({d_model}) must split into {n_heads} heads of even size")
+        if num_channels < 1:
+            raise ValueError(f"num_channels must be at least 1, got {num_channels}")
+        self.transformer = CausalTransformer(vocab_size, d_model, n_layers, n_heads, dropout, max_position_embeddings, rope_theta)
+        self.channel_embedding = nn.Embedding(num_channels, d_model)
+        init_weights(self.channel_embedding)
         self.vocab_size = vocab_size
         self.num_channels = num_channels
-        self.max_position_embeddings = max_position_embeddings
-        self.rope_theta = rope_theta
-        self.head_dim = d_model // n_heads
         self.configured_token_corruption = TokenCorruption.from_mapping(token_corruption_cfg)
         self.token_corruption = self.configured_token_corruption
-        self.token_embedding = nn.Embedding(vocab_size, d_model)
-        self.channel_embedding = nn.Embedding(num_channels, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
-        self.final_norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
-        # Tied input and output embeddings: fewer parameters, and it trains faster.
-        self.head.weight = self.token_embedding.weight
-        self._set_rotary_tables()
-        self.apply(self._init_weights)
 
-    def _set_rotary_tables(self) -> None:
-        device = self.token_embedding.weight.device
-        cos, sin = rotary_tables(self.max_position_embeddings, self.head_dim, self.rope_theta)
-        self.register_buffer("rope_cos", cos.to(device), persistent=False)
-        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.transformer.max_position_embeddings
+
+    @property
+    def rope_theta(self) -> float:
+        return self.transformer.rope_theta
 
     def resize_context(
         self,
@@ -183,15 +123,10 @@ class ChannelGPT(nn.Module):
             if max_position_embeddings is not None and max_position_embeddings < steps:
                 raise ValueError(f"max_position_embeddings ({max_position_embeddings}) is below input_shape's {steps} steps")
             max_position_embeddings = max_position_embeddings or max(self.max_position_embeddings, steps)
-        if max_position_embeddings is not None:
-            if max_position_embeddings < 1:
-                raise ValueError(f"max_position_embeddings must be at least 1, got {max_position_embeddings}")
-            self.max_position_embeddings = int(max_position_embeddings)
-        if rope_theta is not None:
-            if not rope_theta > 0:
-                raise ValueError(f"rope_theta must be positive, got {rope_theta}")
-            self.rope_theta = float(rope_theta)
-        self._set_rotary_tables()
+        self.transformer.set_context(
+            self.max_position_embeddings if max_position_embeddings is None else max_position_embeddings,
+            self.rope_theta if rope_theta is None else rope_theta,
+        )
 
     def update_token_corruption_cfg(self, settings: dict[str, Any] | None) -> None:
         """Replace the token corruption settings; None restores those given to the constructor."""
@@ -214,23 +149,11 @@ class ChannelGPT(nn.Module):
         replace = torch.rand(codes.shape, device=codes.device) < settings.p
         return torch.where(replace, torch.randint_like(codes, self.vocab_size), codes)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         batch, channels, time = codes.shape
         if channels != self.num_channels:
             raise ValueError(f"ChannelGPT was built for {self.num_channels} channels, got input with {channels}")
-        if time > self.max_position_embeddings:
-            raise ValueError(f"sequence of {time} steps exceeds max_position_embeddings={self.max_position_embeddings}")
         channel_ids = torch.arange(channels, device=codes.device)
-        x = self.token_embedding(self.corrupt(codes)) + self.channel_embedding(channel_ids)[None, :, None, :]
-        x = self.dropout(x).reshape(batch * channels, time, -1)
-        cos, sin = self.rope_cos[:time], self.rope_sin[:time]
-        for block in self.blocks:
-            x = block(x, cos, sin)
-        return self.head(self.final_norm(x)).view(batch, channels, time, self.vocab_size)
+        x = self.transformer.token_embedding(self.corrupt(codes)) + self.channel_embedding(channel_ids)[None, :, None, :]
+        logits = self.transformer(x.reshape(batch * channels, time, -1))
+        return logits.view(batch, channels, time, self.vocab_size)
