@@ -137,6 +137,29 @@ def test_ctrl_c_keeps_the_work_done_but_a_crash_does_not_write_a_final_checkpoin
     assert checkpoints(run_dir_of(crashed), "last-checkpoint") == []
 
 
+class SignalAt(pl.Callback):
+    """Sends this process SIGINT (a real Ctrl-C) in the middle of a training batch."""
+
+    def __init__(self, batch: int):
+        self.batch, self.seen = batch, 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.seen += 1
+        if self.seen == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_during_a_batch_stops_after_it_with_a_consistent_final_checkpoint(tmp_path, tiny_dataset):
+    experiment = train_with(tmp_path, tiny_dataset, SignalAt(batch=3))
+    experiment.train()  # returns normally: the first Ctrl-C is a graceful stop
+    assert experiment.trainer.global_step == 3
+    saved = checkpoints(run_dir_of(experiment), "last-checkpoint")
+    assert saved == ["last-checkpoint-epoch=1-step=3.ckpt"]
+    state = torch.load(run_dir_of(experiment) / "checkpoints" / saved[0], map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3 and state["optimizer_states"][0]["state"][0]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_resume_from_last_picks_the_newest_complete_checkpoint(tmp_path, tiny_dataset):
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK)
     with pytest.raises(ConfigError, match="resume_from: last: no complete last-checkpoint under"):

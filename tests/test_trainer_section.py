@@ -80,15 +80,17 @@ def test_explicit_batch_size_search_on_cpu_is_bounded_used_and_logged(tmp_path, 
 
 
 def test_batch_size_search_bounds():
-    assert batch_size_finder(8, cap=160)._max_trials == 4
+    assert batch_size_finder(8, cap=160)._max_trials == 5  # 8, 16, 32, 64, 128
+    assert batch_size_finder(8, cap=16)._max_trials == 2
     assert batch_size_finder(8, cap=15) is None
     assert isinstance(batch_size_finder(8, cap=None), BatchSizeFinder)
     assert cpu_batch_size_cap(train_windows=1000, bytes_per_window=1) == 1000
     assert cpu_batch_size_cap(train_windows=1000, bytes_per_window=1 << 50) == 1
 
 
-def test_batch_size_search_is_skipped_under_distributed_training(tmp_path, tiny_dataset, caplog):
-    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"tune_batch_size": True, "strategy": "ddp", "devices": 2})
+@pytest.mark.parametrize("devices", [1, 2])
+def test_batch_size_search_is_skipped_under_distributed_training(tmp_path, tiny_dataset, caplog, devices):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"tune_batch_size": True, "strategy": "ddp", "devices": devices})
     experiment = ExperimentDL(config)
     experiment.build()
     trainer = experiment._build_trainer(False)
@@ -99,16 +101,18 @@ def test_batch_size_search_is_skipped_under_distributed_training(tmp_path, tiny_
 
 
 def test_performance_monitor_logs_throughput_every_log_interval(tmp_path, tiny_dataset):
-    _, logged = train(tmp_path, tiny_dataset, trainer={"max_epochs": 2, "limit_train_batches": 6, "log_every_n_steps": 3})
+    # 5 batches per epoch with a log every 3 steps: the intervals straddle epochs.
+    _, logged = train(tmp_path, tiny_dataset, trainer={"max_epochs": 3, "limit_train_batches": 5, "log_every_n_steps": 3})
+    loss_steps = [step for step, _ in logged["train/loss"]]
     for tag in ("perf/batches_per_sec", "perf/samples_per_sec", "perf/tokens_per_sec", "perf/data_wait_fraction"):
-        assert len(logged[tag]) == 4, tag  # 2 epochs x 6 batches / every 3
+        assert [step for step, _ in logged[tag]] == loss_steps, tag
     for (_, batches), (_, samples), (_, tokens), (_, wait) in zip(
         logged["perf/batches_per_sec"], logged["perf/samples_per_sec"], logged["perf/tokens_per_sec"], logged["perf/data_wait_fraction"]
     ):
         assert samples == pytest.approx(8 * batches, rel=1e-5)  # batch size 8
         assert tokens == pytest.approx(4 * 49 * samples, rel=1e-5)  # 4 channels x 49 steps per window
         assert 0.0 <= wait <= 1.0
-    assert len(logged["perf/epoch_time_sec"]) == 2 and all(value > 0 for _, value in logged["perf/epoch_time_sec"])
+    assert len(logged["perf/epoch_time_sec"]) == 3 and all(value > 0 for _, value in logged["perf/epoch_time_sec"])
 
 
 def test_token_count_of_text_batches_skips_padding():
@@ -131,3 +135,23 @@ def test_tensorboard_is_not_flushed_on_every_logged_step(tmp_path, tiny_dataset,
     _, logged = train(tmp_path, tiny_dataset, trainer={"max_epochs": 2, "limit_train_batches": 10, "log_every_n_steps": 1})
     assert len(logged["train/loss"]) == 20  # every step logged and on disk at the end
     assert 1 <= len(flushes) <= 4  # the final flush, not one per step
+
+
+def test_training_bytes_counts_the_activations_kept_for_backward(tmp_path, tiny_dataset):
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs", tiny_dataset))
+    experiment.build()
+    dataset = experiment.datasets["train"]
+    one = experiment.lit_model.training_bytes(experiment.datamodule.make_loader("train").collate_fn([dataset[0]]))
+    four = experiment.lit_model.training_bytes(experiment.datamodule.make_loader("train").collate_fn([dataset[i] for i in range(4)]))
+    logits_bytes = 4 * 49 * 256 * 4  # one window's float32 logits
+    assert one > 3 * logits_bytes  # far more than the outputs alone
+    assert four == pytest.approx(4 * one, rel=0.05)  # grows with the batch
+    assert all(p.grad is None for p in experiment.model.parameters())
+
+
+def test_lightning_callback_argument_errors_are_config_errors(tmp_path, tiny_dataset):
+    from brain_gen.config.errors import ConfigError
+
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"callbacks": [{"class_path": "LearningRateMonitor", "init_args": {"logging_interval": "hour"}}]})
+    with pytest.raises(ConfigError, match="trainer.callbacks.0: LearningRateMonitor rejected its arguments"):
+        ExperimentDL(config)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning import callbacks as lightning_callbacks
 from pytorch_lightning.callbacks import BatchSizeFinder, EarlyStopping
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.registry import check_arguments, import_object
@@ -42,7 +45,7 @@ def user_callbacks(entries: list[Any]) -> list[pl.Callback]:
             raise ConfigError("; ".join(problems))
         try:
             built.append(callback_class(**init_args))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, MisconfigurationException) as exc:
             raise ConfigError(f"{key}: {class_path} rejected its arguments: {exc}") from exc
     return built
 
@@ -87,8 +90,8 @@ def cpu_batch_size_cap(train_windows: int, bytes_per_window: int) -> int:
     """Largest batch the CPU search may try: within the dataset and half of the free memory.
 
     A CPU out-of-memory kills the process instead of raising, so unlike on a GPU the
-    search cannot find the limit by failing; ``bytes_per_window`` is an estimate of
-    what one window costs through a training step.
+    search cannot find the limit by failing; ``bytes_per_window`` is what one window
+    costs through a training step (LitModel.training_bytes).
     """
     memory_cap = available_memory_bytes() // 2 // max(bytes_per_window, 1)
     return max(1, min(train_windows, memory_cap))
@@ -98,8 +101,10 @@ def batch_size_finder(init_val: int, cap: int | None) -> BatchSizeFinder | None:
     """BatchSizeFinder doubling from ``init_val``, with no more trials than ``cap`` allows (None: no cap)."""
     max_trials = 25
     if cap is not None:
-        max_trials = min(max_trials, int(math.floor(math.log2(max(cap, 1) / init_val))) if cap >= init_val else 0)
-    if max_trials < 1:
+        # Trials run init_val, 2 init_val, ... init_val * 2**(max_trials - 1).
+        doublings = int(math.floor(math.log2(cap / init_val))) if cap >= init_val else -1
+        max_trials = min(max_trials, doublings + 1)
+    if max_trials < 2:  # one trial at the configured size finds nothing new
         return None
     return BatchSizeFinder(mode="power", init_val=init_val, steps_per_trial=3, max_trials=max_trials)
 
@@ -113,3 +118,41 @@ class LogBatchSize(pl.Callback):
             return
         trainer.logger.log_metrics({"batch_size": float(size)}, step=trainer.global_step)
         log.info("training with batch_size=%d", size)
+
+
+class GracefulInterrupt(pl.Callback):
+    """The first Ctrl-C finishes the current batch and ends training as if it were done.
+
+    Training then ends through the normal path, so the final last-checkpoint holds a
+    consistent state (a KeyboardInterrupt could land in the middle of an optimizer
+    step). A second Ctrl-C interrupts at once, as Lightning normally does.
+    """
+
+    def __init__(self):
+        self._previous_handler: Any = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        self._previous_handler = signal.getsignal(signal.SIGINT)
+
+        def stop_after_this_batch(signum, frame):
+            if getattr(trainer, "_stopping_for_interrupt", False):
+                self._restore()
+                raise KeyboardInterrupt
+            trainer._stopping_for_interrupt = True
+            trainer.should_stop = True
+            log.warning("Ctrl-C: stopping after this batch and saving a last-checkpoint; press Ctrl-C again to stop at once")
+
+        signal.signal(signal.SIGINT, stop_after_this_batch)
+
+    def _restore(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()

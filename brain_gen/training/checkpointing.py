@@ -99,6 +99,7 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
         self._executor: ThreadPoolExecutor | None = None
         self._writes: list[Future] = []
         self.blocked_seconds = 0.0
+        self._in_batch = False
 
     # ----------------------------------------------------------------- writing
 
@@ -164,7 +165,12 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
     # ----------------------------------------------------------------- hooks
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._in_batch = True
         self.raise_failed_write()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._in_batch = False
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.raise_failed_write()
@@ -178,8 +184,9 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
-        # Ctrl-C is a deliberate stop, not a crash: keep the work done so far.
-        if self.final_last_checkpoint and isinstance(exception, KeyboardInterrupt):
+        # Ctrl-C is a deliberate stop, not a crash: keep the work done so far, unless it
+        # landed inside a batch, where the optimizer may be half-way through a step.
+        if self.final_last_checkpoint and isinstance(exception, KeyboardInterrupt) and not self._in_batch:
             self._save_final(trainer, epoch_finished=False)
         self.wait_for_writes()
         try:

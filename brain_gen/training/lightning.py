@@ -132,6 +132,7 @@ class LitModel(pl.LightningModule):
         self._no_decay_reported = False
         # Set by ExperimentDL around the validation pass of validate_before_resume.
         self.validating_before_resume = False
+        self.trained_batches = 0
 
     # ----------------------------------------------------------------- steps
 
@@ -163,7 +164,43 @@ class LitModel(pl.LightningModule):
         finally:
             self.model.train(was_training)
 
+    def training_bytes(self, batch: Any) -> int:
+        """Memory one training step on ``batch`` holds at its peak, beyond parameters and optimizer state.
+
+        Counts every non-parameter tensor autograd saves for the backward pass (the activations), the
+        outputs, and the batch itself, then doubles the activations for the gradients
+        that flow through them during backward. Used to bound batch-size searches on CPU.
+        """
+        inputs, targets = batch
+        saved: dict[tuple[int, int], int] = {}
+        # Weights saved for backward (or views of them) are not per-window memory.
+        parameter_memory = {parameter.data_ptr() for parameter in self.model.parameters()}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            if tensor.data_ptr() not in parameter_memory:
+                saved[(tensor.data_ptr(), tensor.numel())] = tensor.numel() * tensor.element_size()
+            return tensor
+
+        was_training = self.model.training
+        self.model.train()
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                outputs = call_model(self.model, inputs)
+                loss = self.loss_fn(outputs, targets, model=self.model)
+            loss.backward()
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            self.model.train(was_training)
+
+        def size(value: Any) -> int:
+            if torch.is_tensor(value):
+                return value.numel() * value.element_size()
+            return sum(size(item) for item in value) if isinstance(value, (tuple, list)) else 0
+
+        return 2 * sum(saved.values()) + size(outputs) + size(batch)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.trained_batches += 1
         return self._step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -31,10 +31,11 @@ def tokens_of(batch: Any) -> int | torch.Tensor:
 
 
 class PerformanceMonitor(pl.Callback):
-    """Logs ``perf/*`` throughput every ``log_every_n_steps`` training batches.
+    """Logs ``perf/*`` throughput at every training step Lightning writes logs for (``log_every_n_steps``).
 
     - ``perf/batches_per_sec``, ``perf/samples_per_sec``, ``perf/tokens_per_sec``: over
-      the batches since the last log; under DDP summed over ranks (global rates);
+      the batches since the last log (across epoch boundaries, validation time
+      excluded); under DDP summed over ranks (global rates);
     - ``perf/data_wait_fraction``: the share of that time spent between one batch's end
       and the next one's start, which is where the loader is waited for;
     - ``perf/epoch_time_sec`` at the end of each training epoch;
@@ -59,7 +60,10 @@ class PerformanceMonitor(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = time.perf_counter()
         self._epoch_started = now
-        self._reset_window(now)
+        # The window runs on across epochs (logs follow the global step), but the time
+        # spent validating between epochs is not time spent waiting for data.
+        self._waiting -= now - self._last_batch_end
+        self._last_batch_end = now
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._waiting += time.perf_counter() - self._last_batch_end
@@ -70,7 +74,8 @@ class PerformanceMonitor(pl.Callback):
         self._samples += batch_size_of(batch)
         self._tokens = self._tokens + tokens_of(batch)
         self._last_batch_end = now
-        if self._batches < max(trainer.log_every_n_steps, 1):
+        # Log exactly when Lightning writes this step's logs, so perf/* shares their steps.
+        if not trainer._logger_connector.should_update_logs:
             return
         elapsed = max(now - self._window_started, 1e-9)
         tokens = float(self._tokens)  # the one read of a device count, once per log
@@ -80,7 +85,8 @@ class PerformanceMonitor(pl.Callback):
             "perf/tokens_per_sec": tokens / elapsed,
         }
         pl_module.log_dict(rates, on_step=True, on_epoch=False, sync_dist=True, reduce_fx="sum")
-        pl_module.log("perf/data_wait_fraction", min(self._waiting / elapsed, 1.0), on_step=True, on_epoch=False, sync_dist=True)
+        waiting = min(max(self._waiting / elapsed, 0.0), 1.0)
+        pl_module.log("perf/data_wait_fraction", waiting, on_step=True, on_epoch=False, sync_dist=True)
         if pl_module.device.type == "cuda":
             gigabyte = float(1 << 30)
             pl_module.log("perf/cuda_memory_allocated_gb", torch.cuda.memory_allocated(pl_module.device) / gigabyte, on_step=True, on_epoch=False)

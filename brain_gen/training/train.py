@@ -13,6 +13,7 @@ import torch
 import yaml
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
@@ -28,7 +29,7 @@ from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
-from brain_gen.training.callbacks import LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
+from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import ThreadedModelCheckpoint, newest_complete_checkpoint
 from brain_gen.training.lightning import LitModel, check_lr_schedule, check_resume_support
 from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
@@ -127,8 +128,7 @@ class ExperimentDL:
             if resume_context is None:
                 # Two windows, so that a MixUp pair really blends.
                 trial = [self.datasets["train"][index] for index in range(min(2, len(self.datasets["train"])))]
-                outputs = lit_model.trial_step(train_loader.collate_fn(trial))[0]
-                self.bytes_per_window = estimate_bytes_per_window(trial[0], outputs, len(trial))
+                lit_model.trial_step(train_loader.collate_fn(trial))
         except ConfigError:
             raise
         except Exception as exc:
@@ -175,7 +175,7 @@ class ExperimentDL:
         stopping = early_stopping(trainer_config.early_stopping)
         if stopping is not None:
             callbacks.append(stopping)
-        callbacks.extend([LogBatchSize(), PerformanceMonitor()])
+        callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt()])
         callbacks.extend(self.user_callbacks)
         try:
             return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
@@ -188,7 +188,7 @@ class ExperimentDL:
         if not config.tune_batch_size:
             return
         batch_size = self.config.dataloader.batch_size
-        if trainer.world_size > 1:
+        if isinstance(trainer.strategy, ParallelStrategy):
             log.warning("notice: trainer.tune_batch_size skipped: Lightning cannot search batch sizes under a distributed strategy")
             return
         cap = None
@@ -200,7 +200,10 @@ class ExperimentDL:
                     batch_size,
                 )
                 return
-            cap = cpu_batch_size_cap(len(self.datasets["train"]), self.bytes_per_window)
+            dataset = self.datasets["train"]
+            trial = [dataset[index] for index in range(min(2, len(dataset)))]
+            batch = self.datamodule.make_loader("train").collate_fn(trial)
+            cap = cpu_batch_size_cap(len(dataset), self.lit_model.training_bytes(batch) // len(trial))
         else:
             cap = len(self.datasets["train"])
         finder = batch_size_finder(batch_size, cap)
@@ -222,7 +225,6 @@ class ExperimentDL:
                 "no val/loss and no best-checkpoint; last-checkpoint is still written"
             )
             trainer.callbacks[:] = [c for c in trainer.callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor)]
-        self._add_batch_size_finder(trainer)
         run_dir = Path(logger.log_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         # "x": a run never overwrites another run's files.
@@ -243,8 +245,14 @@ class ExperimentDL:
                 self.lit_model.validating_before_resume = True
                 trainer.validate(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
                 self.lit_model.validating_before_resume = False
+            # Added only now, so that the validation pass above does not search too.
+            self._add_batch_size_finder(trainer)
             trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
         except MisconfigurationException as exc:
+            # Lightning's own checks of the setup fail before the first step; a failure
+            # after hours of training is a crash, and keeps its traceback.
+            if self.lit_model.trained_batches:
+                raise
             raise ConfigError(f"trainer: {exc}") from exc
         return trainer
 
@@ -310,23 +318,6 @@ class ExperimentDL:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "pending": pending_features(self.config),
         }
-
-
-def estimate_bytes_per_window(sample: Any, outputs: Any, windows: int) -> int:
-    """A rough cost of one window through a training step, for bounding the CPU batch-size search.
-
-    The sample's own tensors, plus the model outputs several times over (activations,
-    their gradients and the loss's intermediate copies scale with the output size).
-    """
-
-    def size(value: Any) -> int:
-        if torch.is_tensor(value):
-            return value.numel() * value.element_size()
-        if isinstance(value, (tuple, list)):
-            return sum(size(item) for item in value)
-        return 0
-
-    return size(sample) + 8 * size(outputs) // max(windows, 1)
 
 
 def check_checkpoint_file(key: str, path: Path) -> None:
