@@ -9,7 +9,6 @@ import yaml
 
 from brain_gen.config.errors import ConfigError
 from brain_gen.config.loading import load_config
-from brain_gen.config.schema import ExperimentConfig
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config, with_changes
 

@@ -243,9 +243,6 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
             monitor_candidates["epoch"] = torch.tensor(max(trainer.current_epoch - 1, 0))
         self._save_topk_checkpoint(trainer, monitor_candidates)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "final_last_checkpoint": self.final_last_checkpoint}
-
 
 def _lower_priority() -> None:
     """Let the training threads win when the writer thread competes with them for CPU."""

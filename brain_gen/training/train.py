@@ -272,10 +272,11 @@ class ExperimentDL:
         Uses the best checkpoint of a ``train()`` call on this object (its latest one when
         there was no validation), else resume_from.
         """
-        checkpoint = self._trained_checkpoint() or self.config.resume_from
+        trained = self._trained_checkpoint()
+        checkpoint = trained or self.config.resume_from
         if not checkpoint:
             raise ConfigError("resume_from: testing needs a checkpoint; set resume_from to a .ckpt file")
-        trainer = self.trainer if self._trained_checkpoint() else self._start_run()
+        trainer = self.trainer if trained else self._start_run()
         if len(self.datasets["test"]) == 0:
             raise ConfigError("datasplitter.test_ratio: the test split has no windows; raise test_ratio or add data")
         return trainer.test(self.lit_model, datamodule=self.datamodule, ckpt_path=checkpoint)
