@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 
 from brain_gen.cli import main
 from brain_gen.config.errors import ConfigError
-from brain_gen.dataset.mixup import MixupCollate
+from brain_gen.dataset.mixup import MixupCollate, MixupDataLoader, mix_pairs, stack_batch
 from brain_gen.dataset.mulaw import mu_law_encode
 from brain_gen.dataset.text import CODE_CHAR_OFFSET, ChannelGroups, TextCollate
 from brain_gen.training.train import ExperimentDL
@@ -92,6 +93,36 @@ def test_mixup_blends_pairs_with_one_folded_weight_for_inputs_and_targets():
         assert 0.5 <= lam <= 1.0
         weights.append(float(lam))
     assert len(set(round(w, 4) for w in weights)) > 10
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_large_mixed_batches_hold_their_values_in_and_out_of_workers(num_workers):
+    # 8 samples of 1 MB: the batch is large enough for the huge-page allocation in the main
+    # process, and comes through shared memory from a worker.
+    samples = [(torch.full((64, 4096), float(i)), torch.full((64, 4096), 10.0 * i)) for i in range(8)]
+    loader = MixupDataLoader(samples, batch_size=8, mixup_alpha=0.4, num_workers=num_workers)
+    torch.manual_seed(3)
+    batches = [next(iter(loader)) for _ in range(3)]
+    gc.collect()
+    _ = [torch.ones(64, 4096) for _ in range(32)]  # reuse whatever memory was freed
+    for inputs, targets in batches:
+        assert inputs.shape == (8, 64, 4096)
+        first = inputs[:, 0, 0]
+        # Every sample stays constant, keeps the larger share of one sample, pairs sum to i + j.
+        assert torch.equal(inputs, first[:, None, None].expand_as(inputs))
+        assert torch.allclose(targets, 10 * inputs)
+        assert torch.allclose(first.sum(), torch.tensor(28.0))
+    assert any(not torch.equal(inputs[:, 0, 0], torch.arange(8.0)) for inputs, _ in batches)
+
+
+def test_mix_pairs_and_stack_batch_match_their_closed_forms_on_large_tensors():
+    samples = [torch.randn(128, 4096) for _ in range(4)]
+    mixed = mix_pairs(samples, [(0, 3), (1, 2)], 0.7)
+    assert torch.allclose(mixed[0], 0.7 * samples[0] + 0.3 * samples[3], atol=1e-6)
+    assert torch.allclose(mixed[3], 0.7 * samples[3] + 0.3 * samples[0], atol=1e-6)
+    assert torch.allclose(mixed[2], 0.7 * samples[2] + 0.3 * samples[1], atol=1e-6)
+    assert torch.equal(stack_batch(samples), torch.stack(samples))
+    assert torch.equal(stack_batch([s.double() for s in samples]), torch.stack(samples).double())
 
 
 def test_mixup_probability_and_alpha_zero():

@@ -9,6 +9,8 @@ one pass over memory instead of collating first and mixing after.
 
 from __future__ import annotations
 
+import math
+import mmap
 from typing import Any
 
 import torch
@@ -27,12 +29,52 @@ def _first_float_position(inputs: Any) -> int:
     raise ConfigError("dataloader_class: MixupDataLoader needs a floating-point input tensor to mix; the dataset gives none")
 
 
+# Below this size a batch tensor spans only a few pages and the allocator's choice does not matter.
+_HUGE_PAGE_MIN_BYTES = 4 << 20
+
+
+def _huge_page_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """An uninitialised tensor in fresh anonymous memory that the kernel may back with 2 MB pages.
+
+    A collated batch is freshly allocated for every step, and filling it page by page is
+    most of the cost of collating: for a [64, 306, 1024] float batch, the kernel zero-fills
+    and maps 20,000 4 KB pages, about three times the time of the copy itself.
+    Asking for transparent huge pages (madvise MADV_HUGEPAGE) turns those into 40 faults.
+    Returns None where the platform has no such advice (then plain torch.empty is used).
+    """
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if advice is None or nbytes < _HUGE_PAGE_MIN_BYTES:
+        return None
+    try:
+        memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        memory.madvise(advice)
+    except (OSError, ValueError):
+        return None
+    # frombuffer holds a reference to the mapping: it is unmapped when the tensor is freed.
+    return torch.frombuffer(memory, dtype=dtype).view(shape)
+
+
 def _new_batch_tensor(like: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """An uninitialised [batch, *like.shape] tensor; in shared memory inside a worker, as default_collate does."""
+    """An uninitialised [batch, *like.shape] tensor for a collated batch.
+
+    Inside a worker it lives in shared memory, as default_collate does, so the batch
+    reaches the main process without a copy. In the main process it is huge-page backed.
+    """
+    shape = (batch_size, *like.shape)
     if get_worker_info() is not None:
         storage = like._typed_storage()._new_shared(like.numel() * batch_size, device=like.device)
-        return like.new(storage).resize_(batch_size, *like.shape)
-    return torch.empty((batch_size, *like.shape), dtype=like.dtype)
+        return like.new(storage).resize_(shape)
+    if like.device.type == "cpu":
+        tensor = _huge_page_tensor(shape, like.dtype)
+        if tensor is not None:
+            return tensor
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def stack_batch(samples: list[torch.Tensor]) -> torch.Tensor:
+    """Collate same-shaped tensors into one batch tensor, in the memory ``mix_pairs`` uses."""
+    return torch.stack(samples, out=_new_batch_tensor(samples[0], len(samples)))
 
 
 def mix_pairs(samples: list[torch.Tensor], pairs: list[tuple[int, int]], lam: float) -> torch.Tensor:
@@ -106,7 +148,7 @@ class MixupCollate:
         tuple_input = isinstance(inputs[0], (tuple, list))
         position = _first_float_position(inputs[0] if tuple_input else [inputs[0]])
         signals = [item[position] for item in inputs] if tuple_input else inputs
-        mixed = mix_pairs(signals, pairs, lam) if lam is not None else default_collate(signals)
+        mixed = mix_pairs(signals, pairs, lam) if lam is not None else stack_batch(signals)
         if self.quantize:
             mixed = mu_law_encode(mixed, self.mu, self.max_val)
         if tuple_input:
@@ -121,7 +163,7 @@ class MixupCollate:
         if integer_targets:
             # Soft targets on every training batch, mixed or not, so the loss sees one kind.
             targets = [one_hot(target, self.num_classes) for target in targets]
-        batch_targets = mix_pairs(targets, pairs, lam) if lam is not None else default_collate(targets)
+        batch_targets = mix_pairs(targets, pairs, lam) if lam is not None else stack_batch(targets)
         return batch_inputs, batch_targets
 
 
