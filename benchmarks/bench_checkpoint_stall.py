@@ -3,8 +3,16 @@
 A 50M-parameter model (12 linear layers of 2048 x 2048) trains with AdamW on random
 data for the same number of steps three times in this process: without
 checkpoints, with Lightning's ModelCheckpoint, and with ThreadedModelCheckpoint, both
-saving every SAVE_EVERY steps. The stall per save is the extra time over the run
-without checkpoints, divided by the number of saves.
+saving every SAVE_EVERY steps.
+
+How the stall is measured: on a shared 2-core machine the speed of whole runs drifts
+by up to 30% from one run to the next, more than the effect being measured. So each
+run is timed step by step (from one step's start to the next, the last one up to the
+end of fit, which includes waiting for unfinished writes), and its excess is the
+total minus steps x its own median step. The median step is one undisturbed by saves
+(three saves in 79 steps), so the excess is what the saves and everything they set
+off in the background added. The excess of the run without checkpoints (noise) is
+subtracted, and each figure is the median over interleaved rounds.
 Target: the threaded stall is at most 0.3x the synchronous one.
 """
 
@@ -13,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 import time
 import warnings
@@ -28,10 +37,12 @@ from brain_gen.training.checkpointing import ThreadedModelCheckpoint
 from brain_gen.training.lightning import LitModel
 
 WIDTH, LAYERS, BATCH = 2048, 12, 8
-# Saves at steps 20, 40 and 60, then 20 more steps: time for the last background write
-# to land before training ends, as it would in a real run, so the benchmark measures
-# what a save costs the loop and not the final wait for an unfinished write.
-STEPS, SAVE_EVERY, SAVES = 80, 20, 3
+# Saves at steps 20, 40 and 60, then 19 more steps (a 4th save would come at step 80):
+# time for the last background write to land before training ends, as it would in a
+# long run, so the benchmark measures what a save costs the loop and not the one final
+# wait for an unfinished write.
+STEPS, SAVE_EVERY, SAVES = 79, 20, 3
+ROUNDS = 3
 
 
 def model() -> nn.Module:
@@ -39,10 +50,22 @@ def model() -> nn.Module:
     return nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
 
 
-def train_seconds(checkpoint_class, folder: str) -> float:
+class StepClock(pl.Callback):
+    """Wall-clock time at the start of every training step."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(time.perf_counter())
+
+
+def excess_seconds(checkpoint_class, folder: str) -> tuple[float, float]:
+    """(excess over the run's median step, total time of the steps), in seconds."""
+    clock = StepClock()
     data = TensorDataset(torch.randn(STEPS * BATCH, WIDTH), torch.randn(STEPS * BATCH, WIDTH))
     module = LitModel(model(), MSE(), {"lr": 1e-4, "weight_decay": 0.01})
-    callbacks = []
+    callbacks: list[pl.Callback] = [clock]
     if checkpoint_class is not None:
         callbacks.append(checkpoint_class(dirpath=folder, every_n_train_steps=SAVE_EVERY, save_top_k=1, monitor=None))
     trainer = pl.Trainer(
@@ -55,35 +78,38 @@ def train_seconds(checkpoint_class, folder: str) -> float:
         enable_model_summary=False,
         callbacks=callbacks,
     )
-    start = time.perf_counter()
     trainer.fit(module, DataLoader(data, batch_size=BATCH))
-    elapsed = time.perf_counter() - start
+    steps = torch.tensor(clock.starts + [time.perf_counter()], dtype=torch.float64).diff()
+    total = float(steps.sum())
+    excess = total - len(steps) * float(steps.median())
+    if checkpoint_class is not None:
+        saves = callbacks[1]._last_global_step_saved // SAVE_EVERY
+        assert saves == SAVES, f"expected {SAVES} saves, the run made {saves}"
     # Untimed: remove the files and push every dirty page to disk, so that the kernel's
     # writeback of this run's checkpoints does not slow down the next run.
     shutil.rmtree(folder, ignore_errors=True)
     os.sync()
-    return elapsed
+    return excess, total
 
 
 def main() -> float:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     parameters = sum(p.numel() for p in model().parameters())
-    saves = SAVES
-    runs: dict[str, list[float]] = {"plain": [], "sync": [], "threaded": []}
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "sync": [], "threaded": []}
     with tempfile.TemporaryDirectory() as root:
-        folder = f"{root}/none"
-        train_seconds(None, folder)  # warm-up: allocator, threads, page cache
-        # Two interleaved rounds, best of each: a drift of the machine hits all three alike.
-        for round_index in range(2):
-            runs["plain"].append(train_seconds(None, folder))
-            runs["sync"].append(train_seconds(ModelCheckpoint, f"{root}/sync{round_index}"))
-            runs["threaded"].append(train_seconds(ThreadedModelCheckpoint, f"{root}/threaded{round_index}"))
-    plain, synchronous, threaded = (min(runs[name]) for name in ("plain", "sync", "threaded"))
-    sync_stall = (synchronous - plain) / saves
-    threaded_stall = max(threaded - plain, 0.0) / saves
+        excess_seconds(None, f"{root}/none")  # warm-up: allocator, threads, page cache
+        for round_index in range(ROUNDS):
+            runs["plain"].append(excess_seconds(None, f"{root}/none"))
+            runs["sync"].append(excess_seconds(ModelCheckpoint, f"{root}/sync{round_index}"))
+            runs["threaded"].append(excess_seconds(ThreadedModelCheckpoint, f"{root}/threaded{round_index}"))
+    for name, results in runs.items():
+        print(f"{name:>8}: steps took " + ", ".join(f"{total:.1f} s (excess {excess:.2f})" for excess, total in results))
+    excess = {name: statistics.median(result[0] for result in results) for name, results in runs.items()}
+    sync_stall = (excess["sync"] - excess["plain"]) / SAVES
+    threaded_stall = max(excess["threaded"] - excess["plain"], 0.0) / SAVES
     ratio = threaded_stall / sync_stall
-    print(f"{parameters / 1e6:.1f}M parameters, {STEPS} steps, a save every {SAVE_EVERY}: no checkpoints {plain:.1f} s")
+    print(f"{parameters / 1e6:.1f}M parameters, {STEPS} steps, a save every {SAVE_EVERY}, median of {ROUNDS} rounds")
     print(f"stall per save: ModelCheckpoint {sync_stall:.2f} s, ThreadedModelCheckpoint {threaded_stall:.2f} s")
     print(f"threaded/synchronous stall ratio: {ratio:.3f} (target <= 0.3)")
     return ratio

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +95,94 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
         checkpointing.write_atomically({"x": Unpicklable()}, target)
     assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
     assert torch.equal(torch.load(target)["x"], torch.ones(3))
+
+
+def mixed_checkpoint_state() -> dict:
+    """A snapshot like a real one: large page-aligned tensors, odd sizes, small tensors, nesting."""
+    torch.manual_seed(0)
+    live = {
+        "weight": torch.randn(1024, 1024),
+        "odd": torch.randn(333, 1001),
+        "bf16": torch.randn(1536, 1024).bfloat16(),
+        "steps": torch.arange(7),
+        "nested": {"moments": [torch.randn(700, 700), 3], "name": "adamw"},
+    }
+    return checkpointing.snapshot(live)
+
+
+def assert_same_state(loaded: dict, state: dict) -> None:
+    for key in ("weight", "odd", "bf16", "steps"):
+        assert torch.equal(loaded[key], state[key]), key
+    assert torch.equal(loaded["nested"]["moments"][0], state["nested"]["moments"][0])
+    assert loaded["nested"]["moments"][1] == 3 and loaded["nested"]["name"] == "adamw"
+
+
+def test_snapshot_tensors_of_a_mebibyte_or_more_start_on_a_page_boundary():
+    state = mixed_checkpoint_state()
+    assert state["weight"].data_ptr() % checkpointing.DIRECT_IO_ALIGNMENT == 0
+    assert state["bf16"].data_ptr() % checkpointing.DIRECT_IO_ALIGNMENT == 0
+    assert state["nested"]["moments"][0].data_ptr() % checkpointing.DIRECT_IO_ALIGNMENT == 0
+
+
+def test_direct_io_write_loads_back_exactly(tmp_path):
+    state = mixed_checkpoint_state()
+    try:
+        handle = checkpointing._DirectFile(tmp_path / "direct.ckpt")
+    except checkpointing._DirectIOUnsupported:
+        pytest.skip("the test folder's file system refuses O_DIRECT (write_atomically falls back; tested below)")
+    with checkpointing._checkpoint_save_options():
+        torch.save(state, handle)
+    handle.close()
+    aligned_bytes = sum(state[key].nbytes for key in ("weight", "bf16")) + state["nested"]["moments"][0].nbytes
+    assert handle.direct_bytes >= aligned_bytes * 0.99  # the aligned tensors skipped the staging copy
+    assert (tmp_path / "direct.ckpt").stat().st_size == handle.size
+    assert_same_state(torch.load(tmp_path / "direct.ckpt"), state)
+
+
+def test_write_falls_back_to_buffered_io_when_direct_io_is_refused(tmp_path, monkeypatch):
+    state = mixed_checkpoint_state()
+    real_write = os.write
+    calls = []
+
+    def refuses_second_write(fd, data):
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(checkpointing.os, "write", refuses_second_write)
+    checkpointing.write_atomically(state, tmp_path / "a.ckpt")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
+    assert_same_state(torch.load(tmp_path / "a.ckpt"), state)
+
+
+def test_a_failed_direct_write_raises_the_disk_error_and_leaves_nothing(tmp_path, monkeypatch):
+    real_write = os.write
+
+    def disk_full(fd, data):
+        if len(data) >= checkpointing.DIRECT_IO_ALIGNMENT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(checkpointing.os, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpointing.write_atomically(mixed_checkpoint_state(), tmp_path / "a.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_writes_restore_torch_save_options(tmp_path):
+    from torch.utils.serialization import config
+
+    before = (config.save.compute_crc32, config.save.storage_alignment)
+    state = {"x": torch.randn(512, 512)}
+    threads = [threading.Thread(target=checkpointing.write_atomically, args=(state, tmp_path / f"{n}.ckpt")) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (config.save.compute_crc32, config.save.storage_alignment) == before
+    assert all(torch.equal(torch.load(tmp_path / f"{n}.ckpt")["x"], state["x"]) for n in range(4))
 
 
 def test_cadence_throttles_last_checkpoint_and_training_end_writes_a_final_one(tmp_path, tiny_dataset, monkeypatch):

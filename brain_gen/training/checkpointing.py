@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import logging
+import mmap
 import os
 import threading
 import time
@@ -21,10 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
+
+from brain_gen.memory import empty_page_aligned
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,8 @@ def snapshot(value: Any, reuse: Any = None) -> Any:
             and reuse.is_contiguous()
         ):
             return reuse.copy_(value.detach())
-        return value.detach().to("cpu", copy=True)
+        # Page-aligned, so that the write can send it to the disk by direct I/O.
+        return empty_page_aligned(value.shape, value.dtype).copy_(value.detach())
     if isinstance(value, dict):
         copied = copy.copy(value)  # keeps the dict's own type (OrderedDict, AttributeDict)
         earlier = reuse if isinstance(reuse, dict) else {}
@@ -70,32 +76,166 @@ def snapshot(value: Any, reuse: Any = None) -> Any:
     return copy.deepcopy(value)
 
 
+# O_DIRECT needs the buffer address, the file offset and the length of every write to
+# be multiples of the device's logical block size; 4096 covers the disks in use.
+DIRECT_IO_ALIGNMENT = 4096
+
+# torch.save's options are process-wide settings: one lock, so that two writer threads
+# (best and last checkpoints) never restore each other's values.
+_SAVE_OPTIONS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
-def _without_crc32():
-    """Skip the zip records' CRC-32 while saving: most of torch.save's CPU time, taken
-    from training on a small machine. Completeness comes from the atomic rename instead."""
-    options = getattr(torch.serialization, "get_crc32_options", None)
-    if options is None:  # torch < 2.5 has no switch
-        yield
-        return
-    previous = options()
-    torch.serialization.set_crc32_options(False)
+def _checkpoint_save_options():
+    """torch.save settings for checkpoint files, while the block runs.
+
+    - No zip CRC-32: it is most of torch.save's CPU time, taken from training on a
+      small machine. Completeness comes from the atomic rename instead.
+    - Tensor data starts at 4096-byte offsets in the file, so that it can go to the
+      disk by direct I/O (see _DirectFile).
+    torch < 2.5 has neither switch; the file is then written as torch.save makes it.
+    """
+    from torch.utils import serialization
+
+    config = getattr(serialization, "config", None)
+    settings = getattr(config, "save", None)
+    with _SAVE_OPTIONS_LOCK:
+        previous = {name: getattr(settings, name) for name in ("compute_crc32", "storage_alignment") if hasattr(settings, name)}
+        for name, value in (("compute_crc32", False), ("storage_alignment", DIRECT_IO_ALIGNMENT)):
+            if name in previous:
+                setattr(settings, name, value)
+        try:
+            yield
+        finally:
+            for name, value in previous.items():
+                setattr(settings, name, value)
+
+
+class _DirectIOUnsupported(Exception):
+    """The file system refused O_DIRECT (tmpfs, some network file systems)."""
+
+
+class _DirectFile:
+    """A write-only file for torch.save that sends page-aligned data straight to the disk.
+
+    A buffered write copies every byte into the page cache and leaves the kernel to
+    write it back: about 0.2-1.3 s of CPU for a 600 MB checkpoint, taken from the
+    training threads on a small machine. With O_DIRECT the disk reads the snapshot's
+    memory itself (0.01 s of CPU). Large tensors of a snapshot are page-aligned
+    (brain_gen.memory), and torch.save is told to start tensor data at aligned file
+    offsets, so most bytes go straight from the snapshot. The rest (zip headers,
+    small tensors, unaligned tails) is gathered in an aligned staging buffer.
+    """
+
+    def __init__(self, path: Path, staging_bytes: int = 1 << 20):
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+        except (AttributeError, OSError) as error:  # no O_DIRECT on this OS, or refused here
+            raise _DirectIOUnsupported from error
+        self._staging = mmap.mmap(-1, staging_bytes)  # page-aligned
+        self._staged = memoryview(self._staging)
+        self._staged_bytes = 0
+        self.size = 0
+        self.direct_bytes = 0
+        # torch.save turns an exception raised in write() into a vague RuntimeError; the
+        # real one is kept here and raised by _save_direct instead.
+        self.error: BaseException | None = None
+
+    def _write_all(self, data: memoryview) -> None:
+        done = 0
+        while done < len(data):
+            try:
+                done += os.write(self._fd, data[done:])
+            except OSError as error:
+                self.error = _DirectIOUnsupported() if error.errno == errno.EINVAL else error
+                raise self.error from error
+
+    def _flush_staging(self, length: int) -> None:
+        self._write_all(self._staged[:length])
+        self._staged_bytes = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        position = 0
+        while position < len(view):
+            aligned_length = (len(view) - position) // DIRECT_IO_ALIGNMENT * DIRECT_IO_ALIGNMENT
+            # The file offset is aligned whenever the staged bytes fill whole blocks.
+            if aligned_length and self._staged_bytes % DIRECT_IO_ALIGNMENT == 0:
+                address = np.frombuffer(view[position:], dtype=np.uint8, count=1).ctypes.data
+                if address % DIRECT_IO_ALIGNMENT == 0:
+                    if self._staged_bytes:
+                        self._flush_staging(self._staged_bytes)
+                    self._write_all(view[position : position + aligned_length])
+                    self.direct_bytes += aligned_length
+                    position += aligned_length
+                    continue
+            count = min(len(self._staging) - self._staged_bytes, len(view) - position)
+            self._staged[self._staged_bytes : self._staged_bytes + count] = view[position : position + count]
+            self._staged_bytes += count
+            position += count
+            if self._staged_bytes == len(self._staging):
+                self._flush_staging(self._staged_bytes)
+        self.size += len(view)
+        return len(view)
+
+    def flush(self) -> None:
+        """Nothing to do: data is written as it comes, and close() writes the rest."""
+
+    def abandon(self) -> None:
+        """Close without writing what is staged: the caller deletes the file."""
+        os.close(self._fd)
+        # After a failed write, an exception's traceback may still hold slices of the
+        # staging buffer; the mapping is then freed with the last of them.
+        with contextlib.suppress(BufferError):
+            self._staged.release()
+            self._staging.close()
+
+    def close(self) -> None:
+        """Write the staged tail padded to a whole block, cut the file to size, fsync."""
+        try:
+            if self._staged_bytes:
+                padded = -(-self._staged_bytes // DIRECT_IO_ALIGNMENT) * DIRECT_IO_ALIGNMENT
+                self._staged[self._staged_bytes : padded] = bytes(padded - self._staged_bytes)
+                self._flush_staging(padded)
+            os.ftruncate(self._fd, self.size)
+            os.fsync(self._fd)
+        finally:
+            self.abandon()
+
+
+def _save_direct(state: dict[str, Any], path: Path) -> None:
+    handle = _DirectFile(path)
     try:
-        yield
-    finally:
-        torch.serialization.set_crc32_options(previous)
+        torch.save(state, handle)
+    except BaseException as error:
+        handle.abandon()
+        if handle.error is not None and handle.error is not error:
+            raise handle.error from error
+        raise
+    handle.close()
+
+
+def _save_buffered(state: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_atomically(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """torch.save to a temporary file next to ``path``, fsync, then rename over ``path``."""
+    """torch.save to a temporary file next to ``path``, fsync, then rename over ``path``.
+
+    The file is written with direct I/O where the file system allows it, else buffered.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
-        with open(temporary, "wb") as handle, _without_crc32():
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with _checkpoint_save_options():
+            try:
+                _save_direct(state, temporary)
+            except _DirectIOUnsupported:
+                _save_buffered(state, temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -245,11 +385,24 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
 
 
 def _lower_priority() -> None:
-    """Let the training threads win when the writer thread competes with them for CPU."""
+    """Run the writer thread only on CPU time that training leaves idle.
+
+    Writing needs little CPU (about 0.2 s for 600 MB), but on a machine whose cores all
+    run training threads, every slice the writer takes stalls a parallel operator until
+    its preempted thread comes back. SCHED_IDLE (Linux) lets the writer run only when a
+    core would otherwise idle: between steps, during data loading, while a GPU computes.
+    Elsewhere the thread gets the lowest nice value instead.
+    """
+    thread_id = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        os.sched_setscheduler(thread_id, os.SCHED_IDLE, os.sched_param(0))
+        return
     except (AttributeError, OSError):
-        pass  # not Linux, or not allowed: keep the default priority
+        pass  # not Linux
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread_id, 19)
+    except (AttributeError, OSError):
+        pass  # not allowed: keep the default priority
 
 
 def _remove_after(write: Future | None, filepath: str) -> None:
