@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer.add_argument("--max-windows", type=positive_int, help="train on at most this many training windows")
     for role, token in DEFAULT_SPECIAL_TOKENS.items():
         tokenizer.add_argument(f"--{role.replace('_', '-')}", default=token, help=f"the {role.split('_')[0]} token (default: {token})")
+    prepare = commands.add_parser(
+        "prepare", help="turn raw MEG/EEG recordings (files, folders, BIDS datasets) into session folders"
+    )
+    prepare.add_argument("inputs", nargs="+", metavar="INPUT", help="recording files, folders of recordings, or BIDS roots")
+    prepare.add_argument("--out", required=True, help="folder that receives one session folder per recording")
+    prepare.add_argument("--config", help="YAML file with a prepare: section (see docs/preparing.md)")
+    prepare.add_argument("--jobs", type=positive_int, default=1, help="recordings prepared in parallel (default: 1)")
+    prepare.add_argument("--overwrite", action="store_true", help="prepare again recordings whose session already exists")
+    prepare.add_argument("--no-progress", dest="progress", action="store_false", help="do not draw progress bars")
+    _add_common_arguments(prepare)
     demo = commands.add_parser("demo", help="train a small model on a generated dataset")
     demo.add_argument("--out", default="demo_run", help="folder for the demo data, config and runs (default: demo_run)")
     _add_common_arguments(demo)
@@ -125,6 +135,17 @@ def run_tokenizer_text(args: argparse.Namespace) -> None:
     print(f"use it with: dataloader_class: TextDataLoader and dataloader.tokenizer_path: {Path(out_dir).resolve()}")
 
 
+def run_prepare(args: argparse.Namespace) -> int:
+    from brain_gen.config.loading import load_prepare_config
+    from brain_gen.preprocessing.prepare import prepare_all, summary_table
+
+    settings = load_prepare_config(args.config, args.overrides)
+    outcomes = prepare_all(args.inputs, args.out, settings, jobs=args.jobs, overwrite=args.overwrite, progress=args.progress)
+    print(summary_table(outcomes))
+    # Sessions that failed while being prepared make the run fail; skipped files do not.
+    return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
+
+
 def run_demo(args: argparse.Namespace) -> None:
     from brain_gen.demo import demo_config, make_synthetic_dataset
     from brain_gen.training.train import ExperimentDL
@@ -156,6 +177,7 @@ COMMANDS = {
     "test": run_test,
     "validate": run_validate,
     "tokenizer-text": run_tokenizer_text,
+    "prepare": run_prepare,
     "demo": run_demo,
 }
 
@@ -200,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with console_logging():
         try:
-            COMMANDS[args.command](args)
+            exit_code = COMMANDS[args.command](args)
         except BrainGenError as exc:
             if args.debug:
                 raise
             print(f"brain-gen: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    return 0
+    return exit_code or 0
 
 
 if __name__ == "__main__":

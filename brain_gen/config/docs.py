@@ -26,6 +26,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`lightning.resume_context`", schema.ResumeContextConfig, "lightning.resume_context."),
     ("`trainer`", schema.TrainerConfig, "trainer."),
     ("`trainer.early_stopping`", schema.EarlyStoppingConfig, "trainer.early_stopping."),
+    ("`prepare` (brain-gen prepare)", schema.PrepareConfig, "prepare."),
 ]
 
 SECTION_NOTES = {
@@ -33,6 +34,8 @@ SECTION_NOTES = {
     schema.LRWarmupConfig: "`lr_warmup: N` is short for `lr_warmup: {steps: N}`.",
     schema.TrainerConfig: "Any other key is passed to `pytorch_lightning.Trainer` and checked against its signature, "
     "except `logger` and `default_root_dir`, which brain-gen sets.",
+    schema.PrepareConfig: "Read by `brain-gen prepare --config FILE` from the file's `prepare:` section "
+    "(see docs/preparing.md); a training config may carry it too.",
     schema.EarlyStoppingConfig: "`early_stopping: true` takes every default; a bare number is the patience; "
     "`false` or `null` switches it off. Keys left `null` keep Lightning's own default.",
 }

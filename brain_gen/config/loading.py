@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from brain_gen.config.errors import ConfigError, did_you_mean
-from brain_gen.config.schema import TRAINER_CUSTOM_KEYS, ExperimentConfig
+from brain_gen.config.schema import TRAINER_CUSTOM_KEYS, ExperimentConfig, PrepareConfig
 
 # Keys the framework sets itself on pytorch_lightning.Trainer, with what to use instead.
 TRAINER_MANAGED_KEYS = {
@@ -147,6 +147,36 @@ def load_config(source: dict[str, Any] | str | os.PathLike, overrides: list[str]
     if problems:
         raise ConfigError("; ".join(problems))
     return config
+
+
+def load_prepare_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PrepareConfig:
+    """The ``prepare`` section of a YAML file (defaults without a file), plus ``--set prepare.KEY=VALUE``.
+
+    The file may be a training config too: only its ``prepare`` section is read.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        config_path = Path(path).expanduser().resolve()
+        data = read_yaml_mapping(config_path, "--config")
+        if "prepare" not in data:
+            raise ConfigError(f"prepare: {config_path} has no prepare section; put the options under a top-level prepare: key")
+    data = {"prepare": _copy_containers(data.get("prepare") or {})}
+    for override in overrides or []:
+        keys, _ = parse_override(override)
+        if keys[0] != "prepare":
+            raise ConfigError(f"--set {'.'.join(keys)}: brain-gen prepare only reads prepare.* keys")
+    apply_overrides(data, list(overrides or []))
+    try:
+        return PrepareSection.model_validate(data).prepare
+    except ValidationError as exc:
+        raise ConfigError("; ".join(describe_validation_errors(exc, data, PrepareSection))) from None
+
+
+class PrepareSection(BaseModel):
+    """A file's ``prepare`` section, so that errors name ``prepare.KEY``."""
+
+    model_config = ConfigDict(extra="forbid")
+    prepare: PrepareConfig
 
 
 # --------------------------------------------------------------------------- error messages

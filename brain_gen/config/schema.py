@@ -22,6 +22,7 @@ def _reject_bool(value: Any) -> Any:
 # Numbers that accept YAML numbers and numeric strings (PyYAML reads `3e-4` as a string), but not booleans.
 Int = Annotated[int, BeforeValidator(_reject_bool)]
 Float = Annotated[float, BeforeValidator(_reject_bool)]
+PositiveFloat = Annotated[float, BeforeValidator(_reject_bool), Field(gt=0)]
 
 
 class Section(BaseModel):
@@ -341,6 +342,56 @@ class TrainerConfig(BaseModel):
         return key in self.model_fields_set
 
 
+# --------------------------------------------------------------------------- prepare
+
+PICK_GROUPS = ("data", "meg", "eeg", "mag", "grad", "seeg", "ecog")
+
+
+class PrepareConfig(Section):
+    """How `brain-gen prepare` turns raw recordings into sessions (all steps run through MNE-Python)."""
+
+    picks: str | list[str] = Field(
+        default="data",
+        description="Channels to keep: a group (data, meg, eeg, mag, grad, seeg, ecog) or a list of channel names, kept in that order.",
+    )
+    exclude_bads: bool = Field(default=True, description="Drop the channels the file marks as bad.")
+    detect_bads: bool = Field(
+        default=True,
+        description="Also drop flat channels, and channels whose robust z-scored log standard deviation "
+        "among channels of their type exceeds noisy_z (needs 3 or more channels of a type).",
+    )
+    noisy_z: Float = Field(default=5.0, gt=0, description="Threshold of the noisy-channel detection, in robust z units.")
+    l_freq: Float | None = Field(default=0.5, gt=0, description="High-pass edge of the band-pass filter, in Hz; null: none.")
+    h_freq: Float | None = Field(default=None, gt=0, description="Low-pass edge of the band-pass filter, in Hz; null: none.")
+    notch: PositiveFloat | list[PositiveFloat] | None = Field(
+        default=None,
+        description="Line frequency in Hz (e.g. 50 or 60): it and its harmonics below Nyquist are notched out. "
+        "A list gives the frequencies explicitly; null: no notch.",
+    )
+    resample: Float | None = Field(default=None, gt=0, description="New sampling frequency, in Hz; null keeps the file's.")
+    normalize: bool = Field(
+        default=True, description="Robust z-score per channel and session: subtract the median, divide by the IQR / 1.349."
+    )
+    clip: Float | None = Field(default=10.0, gt=0, description="Clip values to [-clip, clip] after normalizing; null: no clip.")
+    chunk_seconds: Float = Field(default=60.0, gt=0, description="Length of each chunk file, in seconds.")
+    dtype: Literal["float32", "float16"] = Field(default="float32", description="Storage type of the chunks.")
+
+    @field_validator("picks")
+    @classmethod
+    def _check_picks(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str) and value not in PICK_GROUPS:
+            raise ValueError(f"expected one of {', '.join(PICK_GROUPS)} or a list of channel names, got {value!r}")
+        if isinstance(value, list) and not value:
+            raise ValueError("the list of channel names is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _check_band(self) -> PrepareConfig:
+        if self.l_freq is not None and self.h_freq is not None and self.l_freq >= self.h_freq:
+            raise ValueError(f"l_freq ({self.l_freq} Hz) must be below h_freq ({self.h_freq} Hz)")
+        return self
+
+
 # --------------------------------------------------------------------------- top level
 
 
@@ -368,6 +419,9 @@ class ExperimentConfig(Section):
     lightning: LightningConfig = Field(description="Optimizer, schedules and resume overrides (section below).")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="brain-gen's trainer keys and pytorch_lightning.Trainer arguments (section below).")
     eval_runner: dict[str, Any] | None = Field(default=None, description="Automatic evaluation of checkpoints.")
+    prepare: PrepareConfig | None = Field(
+        default=None, description="Options of `brain-gen prepare` (section below), so one file can hold both; training ignores them."
+    )
 
     # `model_config` is a pydantic reserved name, hence the alias above.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
