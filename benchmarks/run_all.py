@@ -1,8 +1,14 @@
 """Run every benchmark and print its ratio; `make bench`."""
 
-from benchmarks import bench_checkpoint_stall, bench_mixup_collate, bench_performance_monitor, bench_text_collate
+from benchmarks import (
+    bench_checkpoint_stall,
+    bench_mixup_collate,
+    bench_performance_monitor,
+    bench_prepare,
+    bench_text_collate,
+)
 
 if __name__ == "__main__":
-    for module in (bench_text_collate, bench_mixup_collate, bench_performance_monitor, bench_checkpoint_stall):
+    for module in (bench_text_collate, bench_mixup_collate, bench_performance_monitor, bench_checkpoint_stall, bench_prepare):
         print(f"== {module.__name__}")
         module.main()

@@ -124,6 +124,17 @@ def test_snapshot_tensors_of_a_mebibyte_or_more_start_on_a_page_boundary():
     assert state["nested"]["moments"][0].data_ptr() % checkpointing.DIRECT_IO_ALIGNMENT == 0
 
 
+def test_sparse_and_quantized_tensors_snapshot_and_save(tmp_path):
+    state = {
+        "sparse": torch.eye(4).to_sparse(),
+        "quantized": torch.quantize_per_tensor(torch.randn(64, 64), 0.1, 0, torch.qint8),
+    }
+    checkpointing.write_atomically(checkpointing.snapshot(state), tmp_path / "a.ckpt")
+    loaded = torch.load(tmp_path / "a.ckpt")
+    assert torch.equal(loaded["sparse"].to_dense(), torch.eye(4))
+    assert torch.equal(loaded["quantized"].int_repr(), state["quantized"].int_repr())
+
+
 def test_direct_io_write_loads_back_exactly(tmp_path):
     state = mixed_checkpoint_state()
     try:

@@ -57,6 +57,8 @@ def snapshot(value: Any, reuse: Any = None) -> Any:
             and reuse.is_contiguous()
         ):
             return reuse.copy_(value.detach())
+        if value.layout != torch.strided or value.is_quantized:
+            return value.detach().to("cpu", copy=True)
         # Page-aligned, so that the write can send it to the disk by direct I/O.
         return empty_page_aligned(value.shape, value.dtype).copy_(value.detach())
     if isinstance(value, dict):
@@ -83,6 +85,8 @@ DIRECT_IO_ALIGNMENT = 4096
 # torch.save's options are process-wide settings: one lock, so that two writer threads
 # (best and last checkpoints) never restore each other's values.
 _SAVE_OPTIONS_LOCK = threading.Lock()
+# Folders whose file system refused O_DIRECT once: written buffered from then on.
+_BUFFERED_FOLDERS: set[Path] = set()
 
 
 @contextlib.contextmanager
@@ -90,29 +94,34 @@ def _checkpoint_save_options():
     """torch.save settings for checkpoint files, while the block runs.
 
     - No zip CRC-32: it is most of torch.save's CPU time, taken from training on a
-      small machine. Completeness comes from the atomic rename instead.
+      small machine. Completeness comes from the atomic rename instead (torch >= 2.5).
     - Tensor data starts at 4096-byte offsets in the file, so that it can go to the
-      disk by direct I/O (see _DirectFile).
-    torch < 2.5 has neither switch; the file is then written as torch.save makes it.
+      disk by direct I/O without a copy (torch >= 2.7; before, _DirectFile stages it).
+    These are process-wide settings: a torch.save elsewhere in the process while a
+    checkpoint is written gets them too, which changes nothing but its CRC and padding.
     """
     from torch.utils import serialization
 
-    config = getattr(serialization, "config", None)
-    settings = getattr(config, "save", None)
+    settings = getattr(getattr(serialization, "config", None), "save", None)
+    get_crc32 = getattr(torch.serialization, "get_crc32_options", None)
     with _SAVE_OPTIONS_LOCK:
-        previous = {name: getattr(settings, name) for name in ("compute_crc32", "storage_alignment") if hasattr(settings, name)}
-        for name, value in (("compute_crc32", False), ("storage_alignment", DIRECT_IO_ALIGNMENT)):
-            if name in previous:
-                setattr(settings, name, value)
+        previous_crc32 = get_crc32() if get_crc32 is not None else None
+        previous_alignment = getattr(settings, "storage_alignment", None)
+        if get_crc32 is not None:
+            torch.serialization.set_crc32_options(False)
+        if previous_alignment is not None:
+            settings.storage_alignment = DIRECT_IO_ALIGNMENT
         try:
             yield
         finally:
-            for name, value in previous.items():
-                setattr(settings, name, value)
+            if previous_crc32 is not None:
+                torch.serialization.set_crc32_options(previous_crc32)
+            if previous_alignment is not None:
+                settings.storage_alignment = previous_alignment
 
 
 class _DirectIOUnsupported(Exception):
-    """The file system refused O_DIRECT (tmpfs, some network file systems)."""
+    """The file system refused O_DIRECT (some network and FUSE file systems, tmpfs before Linux 6.6)."""
 
 
 class _DirectFile:
@@ -132,7 +141,11 @@ class _DirectFile:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
         except (AttributeError, OSError) as error:  # no O_DIRECT on this OS, or refused here
             raise _DirectIOUnsupported from error
-        self._staging = mmap.mmap(-1, staging_bytes)  # page-aligned
+        try:
+            self._staging = mmap.mmap(-1, staging_bytes)  # page-aligned
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._staged = memoryview(self._staging)
         self._staged_bytes = 0
         self.size = 0
@@ -212,6 +225,9 @@ def _save_direct(state: dict[str, Any], path: Path) -> None:
         if handle.error is not None and handle.error is not error:
             raise handle.error from error
         raise
+    if handle.error is not None:  # swallowed somewhere inside torch.save
+        handle.abandon()
+        raise handle.error
     handle.close()
 
 
@@ -232,9 +248,14 @@ def write_atomically(state: dict[str, Any], path: str | os.PathLike) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
         with _checkpoint_save_options():
-            try:
-                _save_direct(state, temporary)
-            except _DirectIOUnsupported:
+            if path.parent not in _BUFFERED_FOLDERS:
+                try:
+                    _save_direct(state, temporary)
+                except _DirectIOUnsupported:
+                    # Remembered, so that later saves do not write the file twice.
+                    _BUFFERED_FOLDERS.add(path.parent)
+                    log.warning("checkpoint: %s does not take direct I/O; checkpoints there are written buffered", path.parent)
+            if path.parent in _BUFFERED_FOLDERS:
                 _save_buffered(state, temporary)
         os.replace(temporary, path)
     except BaseException:
@@ -325,6 +346,11 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
             future.exception()  # waits; failures are reported by raise_failed_write
         return time.perf_counter() - start
 
+    def _finish_writes(self, moment: str) -> None:
+        waited = self.wait_for_writes()
+        if waited > 0:
+            log.info("checkpoint: %s; waited %.0f ms for the last write to finish", moment, waited * 1000)
+
     def raise_failed_write(self) -> None:
         """Raise the error of a finished write that failed; forget finished writes."""
         finished = [future for future in self._writes if future.done()]
@@ -351,7 +377,7 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.final_last_checkpoint:
             self._save_final(trainer, epoch_finished=True)
-        self.wait_for_writes()
+        self._finish_writes("training ended")
         self.raise_failed_write()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -360,14 +386,14 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
         # landed inside a batch, where the optimizer may be half-way through a step.
         if self.final_last_checkpoint and isinstance(exception, KeyboardInterrupt) and not self._in_batch:
             self._save_final(trainer, epoch_finished=False)
-        self.wait_for_writes()
+        self._finish_writes("training stopped")
         try:
             self.raise_failed_write()
         except CheckpointWriteError as error:
             log.error("%s", error)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.wait_for_writes()
+        self._finish_writes("teardown")
         self._last_snapshot = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -385,24 +411,18 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
 
 
 def _lower_priority() -> None:
-    """Run the writer thread only on CPU time that training leaves idle.
+    """Let the training threads win when the writer thread competes with them for CPU.
 
-    Writing needs little CPU (about 0.2 s for 600 MB), but on a machine whose cores all
-    run training threads, every slice the writer takes stalls a parallel operator until
-    its preempted thread comes back. SCHED_IDLE (Linux) lets the writer run only when a
-    core would otherwise idle: between steps, during data loading, while a GPU computes.
-    Elsewhere the thread gets the lowest nice value instead.
+    With direct I/O the writer needs little CPU (about 0.01 s for 600 MB), but every
+    slice it takes on a machine whose cores all run training threads stalls a parallel
+    operator until its preempted thread comes back. Nice 19 keeps those slices short
+    and rare; unlike SCHED_IDLE it keeps the thread's disk requests in the normal
+    best-effort I/O class, so dataset reads cannot starve a checkpoint write.
     """
-    thread_id = threading.get_native_id()
     try:
-        os.sched_setscheduler(thread_id, os.SCHED_IDLE, os.sched_param(0))
-        return
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (AttributeError, OSError):
-        pass  # not Linux
-    try:
-        os.setpriority(os.PRIO_PROCESS, thread_id, 19)
-    except (AttributeError, OSError):
-        pass  # not allowed: keep the default priority
+        pass  # not Linux, or not allowed: keep the default priority
 
 
 def _remove_after(write: Future | None, filepath: str) -> None:
