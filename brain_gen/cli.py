@@ -147,7 +147,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    from brain_gen.demo import demo_config, make_synthetic_dataset
+    from brain_gen.demo import demo_config, make_evoked_dataset, make_synthetic_dataset
     from brain_gen.training.train import ExperimentDL
 
     out_dir = Path(args.out).resolve()
@@ -155,6 +155,9 @@ def run_demo(args: argparse.Namespace) -> None:
     if not data_dir.is_dir():
         print(f"generating the demo dataset in {data_dir}")
         make_synthetic_dataset(data_dir)
+    if not (out_dir / "evoked_data").is_dir():
+        # For examples/conv_classifier.yaml: event-locked responses to decode.
+        make_evoked_dataset(out_dir / "evoked_data")
     config_path = out_dir / "demo.yaml"
     if not config_path.exists():
         config_path.write_text(yaml.safe_dump(demo_config(), sort_keys=False))

@@ -97,6 +97,46 @@ def make_synthetic_dataset(
     return root
 
 
+def make_evoked_dataset(
+    root: str | Path,
+    n_sessions: int = 6,
+    n_channels: int = 8,
+    sfreq: float = 100.0,
+    session_seconds: float = 60.0,
+    chunk_seconds: float = 20.0,
+    classes: tuple[str, ...] = ("left", "right", "tone"),
+    amplitude: float = 1.5,
+    seed: int = 0,
+) -> Path:
+    """Sessions with class-specific evoked responses in unit noise, and their events.tsv.
+
+    An event every second, of a random class. Each class adds its own spatial pattern
+    (one weight per channel) times a Gaussian bump 30 ms wide, peaking 100 ms after
+    the onset plus 80 ms per class index, so a decoder has something to find. Two
+    sessions per subject.
+    """
+    rng = np.random.default_rng(seed)
+    response_times = np.arange(int(0.4 * sfreq)) / sfreq
+    patterns = {name: rng.standard_normal(n_channels) for name in classes}
+    bumps = {name: np.exp(-0.5 * ((response_times - 0.1 - 0.08 * k) / 0.03) ** 2) for k, name in enumerate(classes)}
+    ch_names = [f"EEG{k:03d}" for k in range(n_channels)]
+    positions = [[math.cos(2 * math.pi * k / n_channels), math.sin(2 * math.pi * k / n_channels)] for k in range(n_channels)]
+    n_samples, chunk_samples = int(session_seconds * sfreq), int(chunk_seconds * sfreq)
+    for session in range(n_sessions):
+        data = rng.standard_normal((n_channels, n_samples))
+        rows = ["onset\tduration\ttrial_type"]
+        for onset in np.arange(1.0, session_seconds - 1.0, 1.0):
+            label = classes[int(rng.integers(len(classes)))]
+            start = int(round(onset * sfreq))
+            data[:, start : start + len(response_times)] += amplitude * np.outer(patterns[label], bumps[label])
+            rows.append(f"{onset:.3f}\t0.0\t{label}")
+        chunks = [data[:, i : i + chunk_samples] for i in range(0, n_samples, chunk_samples)]
+        subject = f"sub-{session // 2 + 1:02d}"
+        folder = write_session(Path(root) / f"{subject}_ses-{session % 2 + 1:02d}", chunks, sfreq, ch_names, positions, subject=subject)
+        (folder / "events.tsv").write_text("\n".join(rows) + "\n")
+    return Path(root)
+
+
 def demo_config() -> dict[str, Any]:
     """A config, relative to its own folder, that trains a small ChannelGPT on `data/`."""
     return {

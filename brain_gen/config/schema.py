@@ -56,7 +56,7 @@ class DataSplitterConfig(Section):
     dataset_class: str = Field(
         default="ChunkDataset",
         description="Dataset built on each split: a built-in name (ChunkDataset, "
-        "ChunkDatasetContinuous, BPEDataset) or an import path `package.module:Class`.",
+        "ChunkDatasetContinuous, ChunkDatasetClassification, BPEDataset) or an import path `package.module:Class`.",
     )
     dataset_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for the dataset class constructor."
@@ -400,7 +400,7 @@ class ExperimentConfig(Section):
 
     save_dir: str = Field(description="Folder that receives logs, checkpoints and the cache.")
     resume_from: str | None = Field(default=None, description="Checkpoint file to continue training (or testing) from.")
-    model_name: str = Field(description="Model class: a built-in name (ChannelGPT, TextGPT) or an import path.")
+    model_name: str = Field(description="Model class: a built-in name (ChannelGPT, TextGPT, WaveNet, ConvClassifier) or an import path.")
     loss_name: str = Field(description="Loss class: a built-in name (CrossEntropy, MSE) or an import path.")
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict,

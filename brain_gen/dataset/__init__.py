@@ -4,5 +4,6 @@
 DATASETS = {
     "ChunkDataset": "brain_gen.dataset.datasets:ChunkDataset",
     "ChunkDatasetContinuous": "brain_gen.dataset.datasets:ChunkDatasetContinuous",
+    "ChunkDatasetClassification": "brain_gen.dataset.datasets:ChunkDatasetClassification",
     "BPEDataset": "brain_gen.dataset.text:BPEDataset",
 }

@@ -7,13 +7,20 @@ lacks are zero in the input and masked in the target, so losses skip them.
 
 from __future__ import annotations
 
+import csv
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from brain_gen.config.errors import DataError
 from brain_gen.dataset.mulaw import mu_law_encode
 from brain_gen.dataset.session import open_chunk
 from brain_gen.dataset.splitter import Split
+
+log = logging.getLogger(__name__)
 
 # Target value of a missing channel for integer (code) targets; cross entropy skips it.
 IGNORE_INDEX = -100
@@ -127,3 +134,128 @@ class ChunkDataset(WindowDataset):
         targets = codes[:, 1:].clone()
         targets[torch.from_numpy(~present)] = IGNORE_INDEX
         return codes[:, :-1], targets
+
+
+class ChunkDatasetClassification(WindowDataset):
+    """One sample per event of the sessions' ``events.tsv``: ``(x float32 [C, L], y int64)``.
+
+    The window starts ``tmin`` seconds from the event onset and is
+    L = round((tmax - tmin) x sfreq) samples long, read across chunk boundaries.
+    Events whose window runs past either edge of the recording are dropped (counted
+    in one warning). ``example_seconds`` and ``overlap_seconds`` do not shape these
+    samples.
+
+    Args:
+        split: the split to read.
+        tmin, tmax: window start and end relative to the onset, in seconds.
+        label_column: the events.tsv column holding the class label.
+        classes: the labels to keep, in the order of their class indices. Default:
+            the sorted labels of every session in every split, so that all splits
+            share one mapping.
+        baseline: ``[start, end]`` in seconds relative to the onset (within
+            [tmin, tmax]): each channel's mean over that span is subtracted.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        tmin: float = -0.1,
+        tmax: float = 0.5,
+        label_column: str = "trial_type",
+        classes: list[str] | None = None,
+        baseline: list[float] | None = None,
+    ):
+        super().__init__(split)
+        if not tmax > tmin:
+            raise ValueError(f"tmax ({tmax} s) must be after tmin ({tmin} s)")
+        self.sequence_length = int(round((tmax - tmin) * split.sfreq))
+        if self.sequence_length < 1:
+            raise ValueError(f"tmax - tmin = {tmax - tmin} s is shorter than one sample at {split.sfreq:g} Hz")
+        self.tmin, self.tmax = float(tmin), float(tmax)
+        self.baseline_span = None
+        if baseline is not None:
+            if len(baseline) != 2 or not tmin <= baseline[0] < baseline[1] <= tmax:
+                raise ValueError(f"baseline must be [start, end] within [tmin, tmax] = [{tmin}, {tmax}] s, got {baseline}")
+            first = int(round((baseline[0] - tmin) * split.sfreq))
+            self.baseline_span = (first, max(first + 1, int(round((baseline[1] - tmin) * split.sfreq))))
+        self.label_column = label_column
+        sessions_for_labels = split.all_sessions or split.sessions
+        if classes is None:
+            classes = sorted({label for session in sessions_for_labels for _, label in read_events(session, label_column)})
+        self.classes = [str(name) for name in classes]
+        self.num_classes = len(self.classes)
+        index_of = {name: index for index, name in enumerate(self.classes)}
+        # Per session: where each chunk starts in the whole recording, in samples.
+        self._chunk_starts = [np.cumsum([0] + [chunk.n_samples for chunk in s.chunks]) for s in split.sessions]
+        events, dropped = [], 0
+        for session_index, session in enumerate(split.sessions):
+            total = int(self._chunk_starts[session_index][-1])
+            for onset, label in read_events(session, label_column):
+                if label not in index_of:
+                    continue
+                start = int(round((onset + self.tmin) * split.sfreq))
+                if start < 0 or start + self.sequence_length > total:
+                    dropped += 1
+                    continue
+                events.append((session_index, start, onset, index_of[label]))
+        if dropped:
+            log.warning("%s split: dropped %d event(s) whose window [tmin, tmax] runs past the recording's edge", split.name, dropped)
+        self.events = events
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def read_event(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The event's window ``[C, L]`` in the canonical layout (joined across chunks) and which channels are present."""
+        session_index, start, _, _ = self.events[index]
+        starts = self._chunk_starts[session_index]
+        stop = start + self.sequence_length
+        pieces = []
+        chunk_index = int(np.searchsorted(starts, start, side="right")) - 1
+        while start < stop:
+            chunk_end = int(starts[chunk_index + 1])
+            piece_end = min(stop, chunk_end)
+            chunk = self._chunk(session_index, chunk_index)
+            pieces.append(chunk[:, start - int(starts[chunk_index]) : piece_end - int(starts[chunk_index])])
+            start, chunk_index = piece_end, chunk_index + 1
+        samples = np.concatenate(pieces, axis=1).astype(np.float32)
+        window = np.zeros((self.num_channels, self.sequence_length), dtype=np.float32)
+        rows = self._rows[session_index]
+        window[rows] = samples
+        present = np.zeros(self.num_channels, dtype=bool)
+        present[rows] = True
+        return window, present
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        window, _ = self.read_event(index)
+        if self.baseline_span is not None:
+            first, last = self.baseline_span
+            window -= window[:, first:last].mean(axis=1, keepdims=True)
+        return torch.from_numpy(window), torch.tensor(self.events[index][3], dtype=torch.int64)
+
+    def describe(self, index: int) -> tuple[str, float, str]:
+        """(session name, event onset in seconds, class label) of sample ``index``."""
+        session_index, _, onset, label_index = self.events[index]
+        return self.split.sessions[session_index].name, onset, self.classes[label_index]
+
+
+def read_events(session, label_column: str) -> list[tuple[float, str]]:
+    """(onset in seconds, label) of every row of a session's events.tsv; none without the file."""
+    path = Path(session.path) / "events.tsv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        missing = {"onset", label_column} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}: no {', '.join(sorted(missing))} column; events.tsv needs onset and {label_column} (datasplitter.dataset_kwargs.label_column)")
+        events = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                onset = float(row["onset"])
+            except (TypeError, ValueError):
+                raise DataError(f"{path}: line {line}: onset {row['onset']!r} is not a number of seconds") from None
+            label = row[label_column]
+            if label not in (None, "", "n/a"):
+                events.append((onset, label))
+    return events

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,8 @@ class Split:
     window_samples: int
     layout: ChannelLayout
     sfreq: float
+    # Every session of the dataset, in all splits: for what all splits must share (class labels).
+    all_sessions: list[SessionInfo] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -256,7 +258,7 @@ class DataSplitter:
                     block[:, 0], block[:, 1], block[:, 2] = session_index, chunk_index, starts
                     rows.append(block)
             windows = np.concatenate(rows) if rows else np.empty((0, 3), dtype=np.int64)
-            splits[name] = Split(name, members, windows, length, layout, sfreq)
+            splits[name] = Split(name, members, windows, length, layout, sfreq, all_sessions=sessions)
         if short_chunks:
             log.warning(
                 "skipped %d chunk(s) shorter than one window of %g s (%d samples)",

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional import mean_absolute_error
-from torchmetrics.functional.classification import multiclass_accuracy
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from brain_gen.dataset.datasets import IGNORE_INDEX
 
@@ -23,15 +23,23 @@ class CrossEntropy(nn.Module):
     """Cross entropy of logits ``[..., V]`` against int64 classes ``[...]`` or probabilities ``[..., V]``.
 
     Integer targets equal to -100 (channels a session lacks) are skipped, and so are
-    all-zero probability rows. Probability targets come from MixupDataLoader. Metric:
-    ``accuracy``, the share of kept positions whose most likely class is the target
-    (for probability targets: their most likely class).
+    all-zero probability rows. Probability targets come from MixupDataLoader. The
+    same loss serves next-step models (logits ``[B, C, T, V]``) and classifiers
+    (logits ``[B, n_classes]``). Metrics, on kept positions (probability targets count
+    as their most likely class):
+
+    - ``accuracy``: share whose most likely class is the target;
+    - ``f1``: macro F1 over the classes that occur in targets or predictions;
+    - ``perplexity``: exp of the cross entropy (without label smoothing).
+
+    Validation and test values are means over batches, weighted by batch size; the
+    test report (test_metrics.json) computes accuracy and F1 over the whole split.
     """
 
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing
-        self.metrics = {"accuracy": self.accuracy}
+        self.metrics = {"accuracy": self.accuracy, "f1": self.f1, "perplexity": self.perplexity}
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
         classes = outputs.shape[-1]
@@ -61,6 +69,25 @@ class CrossEntropy(nn.Module):
             ignore_index=IGNORE_INDEX,
             validate_args=False,
         )
+
+
+    @staticmethod
+    def f1(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return multiclass_f1_score(
+            outputs.reshape(-1, outputs.shape[-1]).argmax(dim=-1),
+            hard_labels(targets).reshape(-1),
+            num_classes=outputs.shape[-1],
+            average="macro",
+            ignore_index=IGNORE_INDEX,
+            validate_args=False,
+        )
+
+    def perplexity(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        smoothing, self.label_smoothing = self.label_smoothing, 0.0
+        try:
+            return self.forward(outputs, targets).exp()
+        finally:
+            self.label_smoothing = smoothing
 
 
 class MSE(nn.Module):

@@ -4,4 +4,6 @@
 MODELS = {
     "ChannelGPT": "brain_gen.models.channel_gpt:ChannelGPT",
     "TextGPT": "brain_gen.models.text_gpt:TextGPT",
+    "ConvClassifier": "brain_gen.models.conv_classifier:ConvClassifier",
+    "WaveNet": "brain_gen.models.wavenet:WaveNet",
 }

@@ -133,6 +133,7 @@ class LitModel(pl.LightningModule):
         # Set by ExperimentDL around the validation pass of validate_before_resume.
         self.validating_before_resume = False
         self.trained_batches = 0
+        self.last_test_outputs: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- steps
 
@@ -142,6 +143,9 @@ class LitModel(pl.LightningModule):
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         inputs, targets = batch
         outputs = self(inputs)
+        if stage == "test":
+            # Read by the test report callback (brain_gen.eval.reports) at on_test_batch_end.
+            self.last_test_outputs = outputs.detach()
         loss = self.loss_fn(outputs, targets, model=self.model)
         # Training logs every step; val and test log epoch means, reduced over devices.
         per_step = stage == "train"

@@ -27,6 +27,7 @@ from brain_gen.dataset.datamodule import BrainDataModule
 from brain_gen.dataset.mixup import MixupDataLoader
 from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
+from brain_gen.eval.reports import TestReport
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
@@ -267,7 +268,10 @@ class ExperimentDL:
         return next((path for path in paths if path), None)
 
     def test(self) -> list[dict[str, float]]:
-        """Evaluate the test split and log ``test/*``.
+        """Evaluate the test split, log ``test/*`` and write the test report to the version folder.
+
+        The report is test_metrics.json, plus confusion_matrix.png and test_predictions.csv
+        for classification datasets (see brain_gen.eval.reports).
 
         Uses the best checkpoint of a ``train()`` call on this object (its latest one when
         there was no validation), else resume_from.
@@ -279,6 +283,8 @@ class ExperimentDL:
         trainer = self.trainer if trained else self._start_run()
         if len(self.datasets["test"]) == 0:
             raise ConfigError("datasplitter.test_ratio: the test split has no windows; raise test_ratio or add data")
+        trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, TestReport)]
+        trainer.callbacks.append(TestReport(self.datasets["test"]))
         return trainer.test(self.lit_model, datamodule=self.datamodule, ckpt_path=checkpoint)
 
     def train_text_tokenizer(
@@ -437,6 +443,15 @@ def check_model_fits_data(model: torch.nn.Module, dataset: Any, resume_context: 
     data_vocab = getattr(loader, "vocab_size", None) or getattr(dataset, "vocab_size", None)
     if model_vocab is not None and data_vocab is not None and model_vocab < data_vocab:
         raise ConfigError(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes or tokens; set it to {data_vocab}")
+    model_classes, data_classes = getattr(model, "n_classes", None), getattr(dataset, "num_classes", None)
+    if model_classes is not None and data_classes is not None and model_classes != data_classes:
+        raise ConfigError(f"model_config.n_classes: {model_classes}, but the data has {data_classes} classes; set it to {data_classes}")
+    model_samples, data_samples = getattr(model, "n_samples", None), getattr(dataset, "sequence_length", None)
+    if model_samples is not None and data_samples is not None and model_samples != data_samples:
+        raise ConfigError(
+            f"model_config.n_samples: {model_samples}, but windows are {data_samples} samples long "
+            f"(round((tmax - tmin) x sfreq)); set it to {data_samples}"
+        )
     model_positions = getattr(model, "max_position_embeddings", None)
     if model_positions is not None and resume_context is not None:
         # The geometry after resizing: an explicit length wins, a longer input_shape raises it.

@@ -1,0 +1,1 @@
+"""Evaluation outputs: the reports written by test runs."""
