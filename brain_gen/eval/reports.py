@@ -55,7 +55,7 @@ class TestReport(pl.Callback):
         confusion = MulticlassConfusionMatrix(num_classes=n_classes)
         confusion.update(predicted, targets)
         figure, axes = confusion.plot(labels=self.classes)
-        axes.set_title("test split: true label (rows) against predicted label (columns)")
+        axes.set_title(f"test split, {len(targets)} events")
         figure.savefig(folder / "confusion_matrix.png", dpi=120, bbox_inches="tight")
         import matplotlib.pyplot as plt
 
