@@ -299,3 +299,114 @@ def test_real_clinical_edf_clip_prepares_validates_and_trains_one_epoch(tmp_path
     windows = int(698 * 128 // 64)  # 0.5 s windows without overlap
     assert len(losses) == -(-windows // 64)  # one full epoch, every batch logged
     assert losses[-1][1] < losses[0][1]
+
+
+def test_annotation_onsets_count_from_the_first_sample_without_a_measurement_date(tmp_path):
+    raw = eeg_raw()
+    shifted = mne.io.RawArray(raw.get_data(), raw.info, first_samp=512, verbose="error")
+    shifted.set_meas_date(None)
+    shifted.set_annotations(mne.Annotations([3.0, 9.5], [0.5, 0.0], ["left", "right"]))  # from the first sample
+    [outcome] = prepare_all([write_format(shifted, tmp_path / "raw", "fif")], tmp_path / "out", PrepareConfig(), progress=False)
+    assert outcome.status == "done"
+    assert events_of(tmp_path / "out" / "rec_raw") == [["3.000000", "0.500000", "left"], ["9.500000", "0.000000", "right"]]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [("auto", ["left", "right"]), ("annotations", ["left", "right"]), ("stim", ["3", "7"]), ("both", ["3", "left", "7", "right"])],
+)
+def test_events_come_from_annotations_or_triggers_never_both_by_default(tmp_path, source, expected):
+    raw = eeg_raw()
+    stim = np.zeros((1, raw.n_times))
+    stim[0, [512, 2048]] = [3, 7]
+    raw.add_channels([mne.io.RawArray(stim, mne.create_info(["STI 014"], SFREQ, "stim"), verbose="error")], force_update_info=True)
+    # The same two events as annotations, plus a bad-segment mark that is not an event.
+    raw.set_annotations(mne.Annotations([2.0, 8.0, 12.0], [0.0, 0.0, 1.0], ["left", "right", "BAD_muscle"]))
+    source_file = write_format(raw, tmp_path / "raw", "fif")
+    [outcome] = prepare_all([source_file], tmp_path / "out", PrepareConfig(events=source), progress=False)
+    assert outcome.status == "done"
+    assert [kind for _, _, kind in events_of(tmp_path / "out" / "rec_raw")] == expected
+
+
+def test_fif_parts_are_read_through_the_first_part_and_bids_like_names_are_recordings(tmp_path):
+    raw = eeg_raw()
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for name in ("sub-01.fif", "run-2.fif", "rest.fif", "rest-1.fif", "sub-02_task-x_split-01_meg.fif",
+                 "sub-02_task-x_split-02_meg.fif", "sub-02_task-x_split-10_meg.fif"):
+        raw.save(folder / name, overwrite=True, verbose="error")
+    names = sorted(recording.path.name for recording in find_recordings([folder]))
+    assert names == ["rest.fif", "run-2.fif", "sub-01.fif", "sub-02_task-x_split-01_meg.fif"]
+
+
+def test_marked_bads_are_excluded_from_a_list_of_names_too(tmp_path):
+    raw = eeg_raw()
+    raw.info["bads"] = ["Cz", "O2"]
+    source = write_format(raw, tmp_path / "raw", "fif")
+    [outcome] = prepare_all([source], tmp_path / "out", PrepareConfig(picks=["Cz", "C3", "C4"]), progress=False)
+    meta = json.loads((tmp_path / "out" / "rec_raw" / "meta.json").read_text())
+    assert outcome.status == "done" and meta["ch_names"] == ["C3", "C4"] and meta["bads_marked"] == ["Cz"]
+    [outcome] = prepare_all([source], tmp_path / "out2", PrepareConfig(picks=["Cz", "C3"], exclude_bads=False), progress=False)
+    assert json.loads((tmp_path / "out2" / "rec_raw" / "meta.json").read_text())["ch_names"] == ["Cz", "C3"]
+
+
+def test_an_interrupted_overwrite_keeps_the_old_session_whole_and_leftovers_are_cleaned(tmp_path, monkeypatch):
+    from brain_gen.dataset.session import list_session_dirs
+
+    source = write_format(eeg_raw(), tmp_path / "raw", "fif")
+    settings = PrepareConfig(chunk_seconds=10)
+    prepare_all([source], tmp_path / "out", settings, progress=False)
+    session = tmp_path / "out" / "rec_raw"
+    before = {path.name: path.read_bytes() for path in session.iterdir()}
+    real_replace = prepare_module.os.replace
+    calls = []
+
+    def interrupted_once(source_path, target_path):
+        calls.append(Path(source_path).name)
+        if Path(target_path) == session and Path(source_path).name.startswith(".partial-"):
+            raise KeyboardInterrupt  # Ctrl-C just as the new session moves in
+        return real_replace(source_path, target_path)
+
+    monkeypatch.setattr(prepare_module.os, "replace", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_all([source], tmp_path / "out", settings.model_copy(update={"clip": 3.0}), overwrite=True, progress=False)
+    monkeypatch.undo()
+    # The old session was moved aside, the new one failed to move in, the old one came back whole.
+    assert [name.split("-")[0] for name in calls] == ["rec_raw", ".partial", ".replaced"]
+    assert {path.name: path.read_bytes() for path in session.iterdir()} == before
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["rec_raw"]
+
+    # A run killed outright leaves hidden folders: never sessions, cleared by the next run.
+    leftover = tmp_path / "out" / ".partial-rec_raw-99999"
+    leftover.mkdir()
+    (leftover / "meta.json").write_text("{}")
+    assert list_session_dirs(tmp_path / "out") == [session]
+    assert prepare_all([source], tmp_path / "out", settings, overwrite=True, progress=False)[0].status == "done"
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["rec_raw"]
+
+
+def test_a_crashing_worker_fails_only_its_own_recording(tmp_path, capsys, monkeypatch):
+    import multiprocessing
+    import os
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("the crash is planted through a patch that forked workers inherit")
+    for seed in range(3):
+        write_format(eeg_raw(seed), tmp_path / "raw" / f"s{seed}", "fif")
+    real = prepare_module.prepare_recording
+
+    def crashes_on_s1(recording, *args, **kwargs):
+        if recording.name.startswith("s1"):
+            os._exit(1)  # like a segfault or the kernel's OOM killer
+        return real(recording, *args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "prepare_recording", crashes_on_s1)
+    outcomes = prepare_all([tmp_path / "raw"], tmp_path / "out", PrepareConfig(), jobs=2, progress=False)
+    status = {outcome.session: (outcome.status, outcome.detail) for outcome in outcomes}
+    assert status["s0_rec_raw"][0] == "done" and status["s2_rec_raw"][0] == "done"
+    assert status["s1_rec_raw"] == ("failed", "the worker process died while preparing it (a crash, or out of memory)")
+
+
+def test_float16_without_normalizing_is_refused():
+    with pytest.raises(ValueError, match="float16 needs normalize"):
+        PrepareConfig(dtype="float16", normalize=False)

@@ -355,6 +355,11 @@ class PrepareConfig(Section):
         description="Channels to keep: a group (data, meg, eeg, mag, grad, seeg, ecog) or a list of channel names, kept in that order.",
     )
     exclude_bads: bool = Field(default=True, description="Drop the channels the file marks as bad.")
+    events: Literal["auto", "annotations", "stim", "both"] = Field(
+        default="auto",
+        description="Where events.tsv comes from: the file's annotations, its trigger channel, both, or "
+        "auto (annotations when there are any, else the trigger channel; they often hold the same events).",
+    )
     detect_bads: bool = Field(
         default=True,
         description="Also drop flat channels, and channels whose robust z-scored log standard deviation "
@@ -384,6 +389,15 @@ class PrepareConfig(Section):
         if isinstance(value, list) and not value:
             raise ValueError("the list of channel names is empty")
         return value
+
+    @model_validator(mode="after")
+    def _check_float16_needs_normalize(self) -> PrepareConfig:
+        if self.dtype == "float16" and not self.normalize:
+            raise ValueError(
+                "dtype float16 needs normalize: true; raw values in volts or tesla (1e-13 to 1e-4) "
+                "underflow float16, so keep float32 or normalize"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_band(self) -> PrepareConfig:

@@ -79,10 +79,14 @@ def subject_from_name(session_name: str) -> str | None:
 
 
 def list_session_dirs(root: Path) -> list[Path]:
-    """Session folders (those holding meta.json) directly under ``root``, sorted by name."""
+    """Session folders (those holding meta.json) directly under ``root``, sorted by name.
+
+    Hidden folders (names starting with a dot) are skipped: brain-gen prepare writes
+    unfinished sessions under such names.
+    """
     if not root.is_dir():
         raise DataError(f"datasplitter.dataset_root: folder not found: {root}")
-    sessions = sorted(child for child in root.iterdir() if (child / "meta.json").is_file())
+    sessions = sorted(child for child in root.iterdir() if not child.name.startswith(".") and (child / "meta.json").is_file())
     if not sessions:
         raise DataError(
             f"datasplitter.dataset_root: no session folders with a meta.json in {root}; "

@@ -4,19 +4,23 @@
   macro F1 recomputed over the whole test split (the logged ones are batch means).
 - For classifiers (datasets with ``classes``): ``confusion_matrix.png`` labelled with
   the class names, and ``test_predictions.csv`` with one row per event: session,
-  onset, true label, predicted label and every class probability.
+  onset, true label, predicted label and every class probability. These two need a
+  single-device test run (with several processes only test_metrics.json is written).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+log = logging.getLogger(__name__)
 
 
 class TestReport(pl.Callback):
@@ -32,7 +36,7 @@ class TestReport(pl.Callback):
         self._probabilities, self._targets = [], []
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.classes is None:
+        if self.classes is None or trainer.world_size > 1:
             return
         logits = pl_module.last_test_outputs
         self._probabilities.append(torch.softmax(logits.float(), dim=-1).cpu())
@@ -44,7 +48,12 @@ class TestReport(pl.Callback):
         folder = Path(trainer.logger.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         metrics = {name.removeprefix("test/"): float(value) for name, value in trainer.callback_metrics.items() if name.startswith("test/")}
-        if self.classes is not None and self._targets:
+        if self.classes is not None and trainer.world_size > 1:
+            # Each process saw a strided share of the split; matching rows back to events
+            # would need every share gathered with its dataset indices.
+            log.warning("test report: confusion_matrix.png and test_predictions.csv need a single-device test run; "
+                        "test_metrics.json holds the logged test/* values only")
+        elif self.classes is not None and self._targets:
             probabilities, targets = torch.cat(self._probabilities), torch.cat(self._targets)
             metrics.update(self._write_classification(folder, probabilities, targets))
         (folder / "test_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

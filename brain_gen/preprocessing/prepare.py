@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ from brain_gen.preprocessing.recordings import Recording, RecordingUnusable, fin
 # Progress is reported after each of these steps.
 STEPS = ("read", "filter", "resample", "bad channels", "normalize", "write")
 PARTIAL_PREFIX = ".partial-"
+REPLACED_PREFIX = ".replaced-"
 # IQR of a standard normal distribution: dividing by IQR / 1.349 gives unit variance for Gaussian data.
 NORMAL_IQR = 1.349
+# Annotation descriptions that mark spans of data, not events.
+SEGMENT_MARKS = ("BAD", "EDGE")
 # MAD of a standard normal distribution, to read the median absolute deviation as a standard deviation.
 NORMAL_MAD = 1.4826
 
@@ -58,30 +62,57 @@ def stim_events(raw) -> list[tuple[float, float, str]]:
 
 
 def annotation_events(raw) -> list[tuple[float, float, str]]:
-    """(onset s, duration s, description) of the recording's annotations; onsets from the first sample."""
+    """(onset s, duration s, description) of the recording's annotations; onsets from the first sample.
+
+    MNE keeps annotation onsets on a clock whose zero lies ``first_time`` before the
+    first sample, with or without a measurement date. Segment marks (descriptions
+    starting with BAD or EDGE, MNE's convention for spans to ignore) are not events.
+    """
     annotations = raw.annotations
-    # Annotations tied to the measurement date count from it, which lies first_time before the data.
-    offset = raw.first_time if annotations.orig_time is not None else 0.0
-    return [(float(onset) - offset, float(duration), str(description))
-            for onset, duration, description in zip(annotations.onset, annotations.duration, annotations.description)]
+    return [
+        (float(onset) - raw.first_time, float(duration), str(description))
+        for onset, duration, description in zip(annotations.onset, annotations.duration, annotations.description)
+        if not str(description).upper().startswith(SEGMENT_MARKS)
+    ]
+
+
+def recording_events(raw, source: str) -> list[tuple[float, float, str]]:
+    """The events written to events.tsv: from annotations, the trigger channel, or (auto) annotations if any, else triggers.
+
+    Annotations and triggers often describe the same events (BIDS readers and many
+    converters turn triggers into annotations), so ``auto`` never writes both.
+    """
+    annotated = annotation_events(raw) if source in ("auto", "annotations", "both") else []
+    if source == "annotations" or (source == "auto" and annotated):
+        return sorted(annotated)
+    return sorted(annotated + stim_events(raw))
 
 
 def pick_channels(raw, settings: PrepareConfig) -> list[str]:
-    """Keep the configured channels (without marked bads if asked); returns the bads dropped."""
-    bads = [name for name in raw.info["bads"]] if settings.exclude_bads else []
+    """Keep the configured channels, without the marked bads if asked; returns the bads dropped."""
+    marked = list(raw.info["bads"])
     if isinstance(settings.picks, str):
         picks: Any = settings.picks
     else:
-        picks = [name for name in settings.picks if name in raw.ch_names]
+        # MNE applies exclude="bads" to picks by type only; a list of names is filtered here.
+        picks = [name for name in settings.picks if name in raw.ch_names and not (settings.exclude_bads and name in marked)]
         if not picks:
-            raise RecordingUnusable(f"none of the channels in prepare.picks is in this recording (it has {', '.join(raw.ch_names[:5])}, ...)")
+            raise RecordingUnusable(
+                f"none of the channels in prepare.picks is in this recording, or all are marked bad "
+                f"(it has {', '.join(raw.ch_names[:5])}, ...)"
+            )
+    type_of = dict(zip(raw.ch_names, raw.get_channel_types()))
     try:
         raw.pick(picks, exclude="bads" if settings.exclude_bads else [], verbose="error")
     except ValueError as exc:
         raise RecordingUnusable(f"no channels left after picking {settings.picks!r}: {first_line(exc)}") from exc
-    if settings.exclude_bads is False:
+    if not settings.exclude_bads:
         return []
-    return [name for name in bads if name not in raw.ch_names]
+    # The marked bads the picks would otherwise have kept: named ones, or those of a kept type.
+    if isinstance(settings.picks, list):
+        return [name for name in marked if name in settings.picks and name in type_of]
+    kept_types = set(raw.get_channel_types())
+    return [name for name in marked if type_of.get(name) in kept_types]
 
 
 def detect_bad_channels(data: np.ndarray, ch_types: list[str], noisy_z: float) -> tuple[list[int], list[int]]:
@@ -201,7 +232,7 @@ def prepare_recording(
     try:
         raw = read_recording(recording)
         report("read")
-        events = sorted(annotation_events(raw) + stim_events(raw))
+        events = recording_events(raw, settings.events)
         marked_bads = pick_channels(raw, settings)
         notch = notch_frequencies(settings, raw.info["sfreq"])
         if notch:
@@ -254,11 +285,16 @@ def write_session(target: Path, data: np.ndarray, meta: dict[str, Any], events: 
                   settings: PrepareConfig, overwrite: bool) -> None:
     """Write chunks, meta.json and events.tsv to a temporary folder, then rename it to ``target``.
 
-    An interrupted run leaves only the temporary folder, which never counts as a session
-    (it has a hidden name and is replaced on the next run).
+    With ``overwrite``, the old session is first renamed aside, so that at no moment
+    does ``target`` hold a mix of old and new files; if the new one fails to move in,
+    the old one is put back. A run killed outright leaves only hidden folders, which
+    never count as sessions and are removed by the next run.
     """
+    replaced = target.with_name(f"{REPLACED_PREFIX}{target.name}-{os.getpid()}")
+    for stale in target.parent.glob(f".*-{target.name}-*"):
+        if stale.name.startswith((PARTIAL_PREFIX, REPLACED_PREFIX)):
+            shutil.rmtree(stale, ignore_errors=True)
     partial = target.with_name(f"{PARTIAL_PREFIX}{target.name}-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         chunk_samples = max(1, round(settings.chunk_seconds * meta["sfreq"]))
@@ -270,11 +306,14 @@ def write_session(target: Path, data: np.ndarray, meta: dict[str, Any], events: 
         (partial / "events.tsv").write_text("\n".join(lines) + "\n")
         (partial / "meta.json").write_text(json.dumps(meta))
         if target.exists() and overwrite:
-            shutil.rmtree(target)
+            os.replace(target, replaced)
         os.replace(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        if replaced.exists() and not target.exists():
+            os.replace(replaced, target)  # put the old session back
         raise
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- many recordings
@@ -308,22 +347,36 @@ def prepare_all(inputs: list[str | Path], out_root: str | Path, settings: Prepar
     else:
         import multiprocessing
 
-        with multiprocessing.Manager() as manager, ProcessPoolExecutor(max_workers=jobs) as pool:
+        with multiprocessing.Manager() as manager:
             queue = manager.Queue()
-            futures = {pool.submit(_prepare_in_worker, recording, out_root, settings, overwrite, queue, index): index
-                       for index, recording in enumerate(recordings)}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                while not queue.empty():
-                    advance(*queue.get())
-                for future in finished:
-                    index = futures[future]
-                    try:
-                        outcomes[index] = future.result()
-                    except Exception as exc:  # the worker process itself died
-                        outcomes[index] = Outcome(str(recordings[index].path), recordings[index].name, "failed", first_line(exc))
-                    bars[index].set_postfix_str(outcomes[index].status)
+
+            def run_pool(indices: list[int], workers: int) -> list[int]:
+                """Prepare ``indices`` in a pool; returns those lost when a worker process died."""
+                lost = []
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    futures = {pool.submit(_prepare_in_worker, recordings[i], out_root, settings, overwrite, queue, i): i for i in indices}
+                    pending = set(futures)
+                    while pending:
+                        finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                        while not queue.empty():
+                            advance(*queue.get())
+                        for future in finished:
+                            index = futures[future]
+                            try:
+                                outcomes[index] = future.result()
+                                bars[index].set_postfix_str(outcomes[index].status)
+                            except BrokenProcessPool:
+                                lost.append(index)
+                return lost
+
+            # A worker that crashes (segfault, out of memory) breaks the whole pool: the
+            # recordings it took down are retried one per process, so only the culprit fails.
+            for index in run_pool(list(range(len(recordings))), jobs):
+                if run_pool([index], 1):
+                    recording = recordings[index]
+                    reason = "the worker process died while preparing it (a crash, or out of memory)"
+                    outcomes[index] = Outcome(str(recording.path), recording.name, "failed", reason)
+                    bars[index].set_postfix_str("failed")
     for bar in bars:
         bar.close()
     return [outcome for outcome in outcomes if outcome is not None]

@@ -18,8 +18,19 @@ BIDS_DATATYPES = ["meg", "eeg", "ieeg"]
 BIDS_ENTITY_ORDER = ("subject", "session", "task", "acquisition", "run", "processing", "recording", "space")
 BIDS_ENTITY_KEYS = {"subject": "sub", "session": "ses", "task": "task", "acquisition": "acq", "run": "run",
                     "processing": "proc", "recording": "rec", "space": "space"}
-# Later parts of a recording that FIF writes in pieces; MNE reads them through the first part.
-FIF_CONTINUATION = re.compile(r"(-\d+\.fif(\.gz)?$)|(_split-0*[2-9]\d*_)")
+# Later parts of a recording that FIF writes in pieces, which MNE reads through the first
+# part: BIDS split-02 and up, and Neuromag's name-1.fif after name.fif.
+BIDS_LATER_SPLIT = re.compile(r"_split-(?!0*1_)\d+_")
+NEUROMAG_PART = re.compile(r"^(?P<base>.+)-\d+(?P<suffix>\.fif(\.gz)?)$")
+
+
+def is_fif_continuation(path: Path) -> bool:
+    """A later part of a split FIF recording (read through its first part), not a recording of its own."""
+    if BIDS_LATER_SPLIT.search(path.name):
+        return True
+    match = NEUROMAG_PART.match(path.name)
+    # sub-01.fif or run-2.fif are recordings; rest-1.fif is a part only when rest.fif sits beside it.
+    return bool(match) and (path.parent / f"{match['base']}{match['suffix']}").exists()
 
 
 class RecordingUnusable(Exception):
@@ -92,7 +103,7 @@ def _folder_recordings(folder: Path) -> list[Recording]:
     for path in sorted(folder.rglob("*")):
         if any(parent.name.lower().endswith(FOLDER_SUFFIXES) for parent in path.relative_to(folder).parents if parent != Path(".")):
             continue  # files inside a CTF .ds or an .mff folder
-        if _suffix(path) is not None and not FIF_CONTINUATION.search(path.name):
+        if _suffix(path) is not None and not is_fif_continuation(path):
             found.append(_from_file_name(path))
     return found
 
