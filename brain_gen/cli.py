@@ -111,7 +111,7 @@ def run_validate(args: argparse.Namespace) -> None:
     config = experiment.config
     print(f"config ok: {args.config}")
     for name, counts in summary["splits"].items():
-        print(f"  {name:5s}: {counts['sessions']} sessions, {counts['windows']} windows")
+        print(f"  {name:5s}: {counts['sessions']} sessions, {counts['samples']} {summary['sample_kind']}")
     seconds = summary["window_samples"] / summary["sfreq"]
     print(
         f"  data : {summary['channels']} channels at {summary['sfreq']:g} Hz, "

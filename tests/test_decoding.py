@@ -185,7 +185,10 @@ def test_wavenet_example_trains_on_codes_and_on_the_mixup_quantize_path(tmp_path
     # The decoding example validates against the evoked data `make demo` writes.
     make_evoked_dataset(tmp_path / "demo_run" / "evoked_data", n_sessions=5, session_seconds=20.0)
     assert main(["validate", str(tmp_path / "examples" / "conv_classifier.yaml")]) == 0
-    assert "ConvClassifier with" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ConvClassifier with" in out and "windows of 60 samples (0.6 s)" in out
+    # One sample per event: 18 events in each 20 s session (one a second, none in the first and last second).
+    assert "  train: 2 sessions, 36 events" in out
 
 
 def test_generative_test_report_has_loss_accuracy_and_perplexity(tmp_path, tiny_dataset):

@@ -314,14 +314,17 @@ class ExperimentDL:
         self._build_trainer(logger=False)
         self.build()
         train_split = self.splits["train"]
+        # What one sample is: a window of example_seconds, or (classification) one event.
+        per_event = hasattr(self.datasets["train"], "events")
         return {
             "splits": {
-                name: {"sessions": len(self.splits[name].sessions), "windows": len(self.splits[name])}
+                name: {"sessions": len(self.splits[name].sessions), "samples": len(self.datasets[name])}
                 for name in SPLIT_NAMES
             },
+            "sample_kind": "events" if per_event else "windows",
             "channels": train_split.layout.n_channels,
             "sfreq": train_split.sfreq,
-            "window_samples": train_split.window_samples,
+            "window_samples": getattr(self.datasets["train"], "sequence_length", None) if per_event else train_split.window_samples,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "pending": pending_features(self.config),
         }
