@@ -16,7 +16,7 @@ from brain_gen.config.errors import DataError
 from brain_gen.config.schema import PrepareConfig
 from brain_gen.dataset.session import scan_session
 from brain_gen.preprocessing import prepare as prepare_module
-from brain_gen.preprocessing.prepare import detect_bad_channels, prepare_all, prepare_recording, robust_zscore
+from brain_gen.preprocessing.prepare import detect_bad_channels, prepare_all, robust_zscore
 from brain_gen.preprocessing.recordings import find_recordings
 from tests.conftest import tiny_config
 from tests.test_training import scalars
