@@ -59,10 +59,14 @@ class WindowDataset(Dataset):
         """The window's samples, float32 ``[C, L]``, and which channels are present, bool ``[C]``."""
         session_index, chunk_index, start = (int(v) for v in self.split.windows[index])
         samples = self._chunk(session_index, chunk_index)[:, start : start + self.split.window_samples]
+        return self._in_layout(session_index, samples)
+
+    def _in_layout(self, session_index: int, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A session's samples ``[its channels, L]`` placed in the canonical layout, and which channels are present."""
         if self._complete[session_index]:
             # A copy: the memory map is read-only and must never leak into a batch.
             return np.array(samples, dtype=np.float32), np.ones(self.num_channels, dtype=bool)
-        window = np.zeros((self.num_channels, self.split.window_samples), dtype=np.float32)
+        window = np.zeros((self.num_channels, samples.shape[1]), dtype=np.float32)
         rows = self._rows[session_index]
         window[rows] = samples
         present = np.zeros(self.num_channels, dtype=bool)
@@ -218,13 +222,8 @@ class ChunkDatasetClassification(WindowDataset):
             chunk = self._chunk(session_index, chunk_index)
             pieces.append(chunk[:, start - int(starts[chunk_index]) : piece_end - int(starts[chunk_index])])
             start, chunk_index = piece_end, chunk_index + 1
-        samples = np.concatenate(pieces, axis=1).astype(np.float32)
-        window = np.zeros((self.num_channels, self.sequence_length), dtype=np.float32)
-        rows = self._rows[session_index]
-        window[rows] = samples
-        present = np.zeros(self.num_channels, dtype=bool)
-        present[rows] = True
-        return window, present
+        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+        return self._in_layout(session_index, samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         window, _ = self.read_event(index)

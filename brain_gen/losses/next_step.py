@@ -66,27 +66,24 @@ class CrossEntropy(nn.Module):
         return loss
 
     @staticmethod
-    def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return multiclass_accuracy(
-            outputs.reshape(-1, outputs.shape[-1]).argmax(dim=-1),
-            hard_labels(targets).reshape(-1),
+    def _classification_inputs(outputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Predicted and true class per position, in the form torchmetrics' multiclass functions take."""
+        return dict(
+            preds=outputs.reshape(-1, outputs.shape[-1]).argmax(dim=-1),
+            target=hard_labels(targets).reshape(-1),
             num_classes=outputs.shape[-1],
-            average="micro",
             ignore_index=IGNORE_INDEX,
             validate_args=False,
         )
 
+    @classmethod
+    def accuracy(cls, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return multiclass_accuracy(**cls._classification_inputs(outputs, targets), average="micro")
 
-    @staticmethod
-    def f1(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return multiclass_f1_score(
-            outputs.reshape(-1, outputs.shape[-1]).argmax(dim=-1),
-            hard_labels(targets).reshape(-1),
-            num_classes=outputs.shape[-1],
-            average="macro",
-            ignore_index=IGNORE_INDEX,
-            validate_args=False,
-        )
+
+    @classmethod
+    def f1(cls, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return multiclass_f1_score(**cls._classification_inputs(outputs, targets), average="macro")
 
     def perplexity(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         last = self._last_loss
