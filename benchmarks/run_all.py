@@ -2,6 +2,7 @@
 
 from benchmarks import (
     bench_checkpoint_stall,
+    bench_forecast,
     bench_mixup_collate,
     bench_performance_monitor,
     bench_prepare,
@@ -9,6 +10,6 @@ from benchmarks import (
 )
 
 if __name__ == "__main__":
-    for module in (bench_text_collate, bench_mixup_collate, bench_performance_monitor, bench_checkpoint_stall, bench_prepare):
+    for module in (bench_text_collate, bench_mixup_collate, bench_performance_monitor, bench_checkpoint_stall, bench_prepare, bench_forecast):
         print(f"== {module.__name__}")
         module.main()

@@ -51,6 +51,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="brain-gen", description="Train models of brain signals from YAML configs.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
@@ -70,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer.add_argument("--max-windows", type=positive_int, help="train on at most this many training windows")
     for role, token in DEFAULT_SPECIAL_TOKENS.items():
         tokenizer.add_argument(f"--{role.replace('_', '-')}", default=token, help=f"the {role.split('_')[0]} token (default: {token})")
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint: teacher-forced metrics, generated continuations, plots")
+    _add_run_arguments(evaluate)
+    evaluate.add_argument("--ckpt", required=True, help="checkpoint file, or last / best: the newest one under save_dir")
+    evaluate.add_argument("--out", help="new folder for the results (default: <run>/evals/epoch=E-step=S)")
+    generate = commands.add_parser("generate", help="continue a real recording with a model and write it as MNE FIF")
+    _add_run_arguments(generate)
+    generate.add_argument("--ckpt", required=True, help="checkpoint file, or last / best: the newest one under save_dir")
+    generate.add_argument("--seconds", type=positive_float, required=True, help="length of the generated continuation, in seconds")
+    generate.add_argument("--context-seconds", type=positive_float, help="real context given to the model (default: eval_runner.example_sampler.context_length_s)")
+    generate.add_argument("--session", help="session to continue (default: the first of eval_runner.example_sampler.split)")
+    generate.add_argument("--out", required=True, help="the .fif file to write (e.g. generated_raw.fif)")
     prepare = commands.add_parser(
         "prepare", help="turn raw MEG/EEG recordings (files, folders, BIDS datasets) into session folders"
     )
@@ -92,7 +113,24 @@ def run_train(args: argparse.Namespace) -> None:
     experiment = ExperimentDL(args.config, args.overrides)
     trainer = experiment.train()
     print(f"logs and checkpoints: {trainer.logger.log_dir}")
+    print_evaluations(experiment)
     print(f"open TensorBoard with: tensorboard --logdir {experiment.save_dir}")
+
+
+def print_evaluations(experiment) -> None:
+    """Where the checkpoint evaluations of a run went, and whether the final one is there."""
+    runner = experiment.eval_runner
+    if runner is None or not runner.completed:
+        return
+    done = [name for name, ok, _ in runner.completed if ok]
+    print(f"evaluations:      {runner.evals_dir} ({len(done)} of {len(runner.completed)} succeeded)")
+    name, ok, message = runner.completed[-1]
+    if ok:
+        folder = runner.evals_dir / name
+        plots = ", ".join(sorted(path.name for path in folder.glob("*.png")))
+        print(f"final evaluation: {folder} (summary.json, {plots})")
+    else:
+        print(f"final evaluation of {name} {message}")
 
 
 def run_test(args: argparse.Namespace) -> None:
@@ -120,6 +158,31 @@ def run_validate(args: argparse.Namespace) -> None:
     print(f"  model: {config.model_name} with {summary['parameters']:,} parameters, loss {config.loss_name}")
     if summary["pending"]:
         print(f"  note : train stops on keys whose behaviour is not implemented yet: {', '.join(summary['pending'])}")
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from brain_gen.config.loading import load_config
+    from brain_gen.eval.offline import evaluate_checkpoint
+
+    config = load_config(args.config, args.overrides)
+    out_dir, summary = evaluate_checkpoint(config, args.ckpt, args.out)
+    print(f"evaluated {summary['checkpoint']} (epoch {summary['epoch']}, step {summary['step']}) in {summary['wall_time_s']:.1f} s")
+    print(f"  teacher-forced loss on {summary['teacher_forced']['split']}: {summary['loss']:.4f}")
+    scalars = summary.get("analyses", {}).get("scalars", {})
+    for name in ("psd_distance_db", "psd_distance_ratio", "cov_corr", "kurtosis_diff"):
+        if name in scalars:
+            print(f"  {name}: {scalars[name]:.3f}")
+    print(f"results: {out_dir}")
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    from brain_gen.config.loading import load_config
+    from brain_gen.eval.offline import generate_recording
+
+    config = load_config(args.config, args.overrides)
+    path = generate_recording(config, args.ckpt, args.seconds, args.out, args.context_seconds, args.session)
+    print(f"generated recording: {path}")
+    print(f"look at it with: python -c \"import mne; mne.io.read_raw_fif('{path}').plot(block=True)\"")
 
 
 def run_tokenizer_text(args: argparse.Namespace) -> None:
@@ -172,6 +235,7 @@ def run_demo(args: argparse.Namespace) -> None:
         print(f"final val/loss: {float(val_loss):.4f} (guessing uniformly over the codes scores {chance:.4f})")
     print(f"TensorBoard logs: {run_dir}")
     print(f"checkpoints:      {run_dir / 'checkpoints'}")
+    print_evaluations(experiment)
     print(f"open TensorBoard with: tensorboard --logdir {experiment.save_dir}")
 
 
@@ -179,6 +243,8 @@ COMMANDS = {
     "train": run_train,
     "test": run_test,
     "validate": run_validate,
+    "eval": run_eval,
+    "generate": run_generate,
     "tokenizer-text": run_tokenizer_text,
     "prepare": run_prepare,
     "demo": run_demo,

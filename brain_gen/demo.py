@@ -169,4 +169,7 @@ def demo_config() -> dict[str, Any]:
             "log_every_n_steps": 10,
             "tune_batch_size": False,
         },
+        # Each last-checkpoint is evaluated in a background process: generated continuations
+        # compared with real ones (spectra, correlations, amplitudes) and plotted.
+        "eval_runner": {"enabled": True},
     }

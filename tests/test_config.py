@@ -166,25 +166,6 @@ def test_resolved_config_loads_back_equal(changes):
     assert again.to_dict() == config.to_dict()
 
 
-@pytest.mark.parametrize(
-    "section, key, value, reported",
-    [
-        (None, "eval_runner", {"every": 1}, "eval_runner"),
-    ],
-)
-def test_keys_without_behaviour_yet_stop_a_run_before_data_loads(tmp_path, section, key, value, reported):
-    # The dataset root does not exist: the run must stop on the key before touching data.
-    config = tiny_config(tmp_path / "runs", tmp_path / "no-data")
-    if section is None:
-        config[key] = value
-    else:
-        config[section][key] = value
-    experiment = ExperimentDL(config)
-    with pytest.raises(ConfigError, match=f"not implemented yet: {reported}"):
-        experiment.train()
-    assert not (tmp_path / "runs").exists()
-
-
 def test_switched_off_values_are_accepted(tmp_path, tiny_dataset):
     config = tiny_config(
         tmp_path / "runs",

@@ -25,3 +25,35 @@ class SquaredError(nn.Module):
 
     def forward(self, outputs, targets, model=None):
         return ((outputs - targets) ** 2).mean()
+
+
+class BrokenForecastGPT(nn.Module):
+    """A ChannelGPT whose generation always fails: its evaluations must fail without stopping training."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from brain_gen.models.channel_gpt import ChannelGPT
+
+        self.inner = ChannelGPT(**kwargs)
+        self.num_channels, self.vocab_size = self.inner.num_channels, self.inner.vocab_size
+        self.max_position_embeddings = self.inner.max_position_embeddings
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.inner(codes)
+
+    def forecast(self, context, steps, sampling=None, generator=None):
+        raise RuntimeError("this forecast always fails")
+
+
+class NoForecastGPT(nn.Module):
+    """A next-code model without generation."""
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        from brain_gen.models.channel_gpt import ChannelGPT
+
+        self.inner = ChannelGPT(**kwargs)
+        self.num_channels, self.vocab_size = self.inner.num_channels, self.inner.vocab_size
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.inner(codes)

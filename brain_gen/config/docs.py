@@ -26,6 +26,10 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`lightning.resume_context`", schema.ResumeContextConfig, "lightning.resume_context."),
     ("`trainer`", schema.TrainerConfig, "trainer."),
     ("`trainer.early_stopping`", schema.EarlyStoppingConfig, "trainer.early_stopping."),
+    ("`eval_runner`", schema.EvalRunnerConfig, "eval_runner."),
+    ("`eval_runner.example_sampler`", schema.ExampleSamplerConfig, "eval_runner.example_sampler."),
+    ("`eval_runner.generator`", schema.GeneratorConfig, "eval_runner.generator."),
+    ("`eval_runner.generator.sampling`", schema.SamplingConfig, "eval_runner.generator.sampling."),
     ("`prepare` (brain-gen prepare)", schema.PrepareConfig, "prepare."),
 ]
 
@@ -36,6 +40,8 @@ SECTION_NOTES = {
     "except `logger` and `default_root_dir`, which brain-gen sets.",
     schema.PrepareConfig: "Read by `brain-gen prepare --config FILE` from the file's `prepare:` section "
     "(see docs/preparing.md); a training config may carry it too.",
+    schema.EvalRunnerConfig: "How evaluations run, what they compute and how to read their plots: docs/evaluation.md. "
+    "`brain-gen eval CONFIG --ckpt PATH|last|best` runs the same evaluation offline.",
     schema.EarlyStoppingConfig: "`early_stopping: true` takes every default; a bare number is the patience; "
     "`false` or `null` switches it off. Keys left `null` keep Lightning's own default.",
 }

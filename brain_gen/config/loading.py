@@ -119,11 +119,15 @@ def _inline_model_config(data: dict[str, Any], base_dir: Path) -> None:
         data["model_config"] = read_yaml_mapping(Path(_resolve_path(model_config, base_dir)), "model_config")
 
 
-def load_config(source: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    source: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None, check_trainer: bool = True
+) -> ExperimentConfig:
     """Build the validated config from a mapping or a YAML file path, plus ``--set`` overrides.
 
     Relative paths resolve against the config file's folder (the current folder for
-    a mapping), and that holds for paths given in overrides too.
+    a mapping), and that holds for paths given in overrides too. ``check_trainer=False``
+    skips checking the trainer keys against pytorch_lightning.Trainer, which imports
+    Lightning: for processes that never build a Trainer and read a config a run wrote.
     """
     if isinstance(source, dict):
         data = _copy_containers(source)
@@ -143,7 +147,7 @@ def load_config(source: dict[str, Any] | str | os.PathLike, overrides: list[str]
         config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("; ".join(describe_validation_errors(exc, data, ExperimentConfig))) from None
-    problems = check_trainer_kwargs(config)
+    problems = check_trainer_kwargs(config) if check_trainer else []
     if problems:
         raise ConfigError("; ".join(problems))
     return config

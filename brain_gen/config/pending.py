@@ -12,7 +12,5 @@ from brain_gen.config.schema import ExperimentConfig
 
 def pending_features(config: ExperimentConfig) -> list[str]:
     """The keys of ``config`` that ask for behaviour brain-gen does not have yet."""
-    asks = {
-        "eval_runner": config.eval_runner is not None,
-    }
+    asks: dict[str, bool] = {}
     return [key for key, asked in asks.items() if asked]

@@ -406,6 +406,108 @@ class PrepareConfig(Section):
         return self
 
 
+# --------------------------------------------------------------------------- eval_runner
+
+# Keys of the reference toolkit's cloud evaluation: accepted, with a notice that evaluations run locally.
+EVAL_CLOUD_KEYS = ("use_modal", "modal_app", "modal_function", "modal_env")
+EVAL_ANALYSES = ("spectral", "spatial", "amplitude", "horizon")
+
+
+class SamplingConfig(Section):
+    """How the next code (or token) is drawn from the model's logits while generating."""
+
+    strategy: Literal["argmax", "roulette", "top_k", "top_p"] = Field(
+        default="top_p",
+        description="argmax: the most likely code; roulette: a draw from the whole distribution; "
+        "top_k: a draw among the k most likely; top_p: a draw from the smallest set whose probability reaches top_p.",
+    )
+    temperature: Float = Field(
+        default=1.0, ge=0, description="Logits are divided by this before drawing; 0 (or close to it) behaves as argmax."
+    )
+    top_k: Int = Field(default=0, ge=0, description="Codes kept by strategy top_k (0 keeps all).")
+    top_p: Float = Field(default=0.9, gt=0, le=1, description="Probability mass kept by strategy top_p.")
+
+    @model_validator(mode="after")
+    def _check_top_k(self) -> SamplingConfig:
+        if self.strategy == "top_k" and self.top_k < 1:
+            raise ValueError("strategy top_k needs top_k of at least 1")
+        return self
+
+
+class ExampleSamplerConfig(Section):
+    """Which real recordings the evaluation continues: one context per session drawn."""
+
+    seed: Int = Field(default=0, description="Seed of the choice of sessions and of where each context starts.")
+    split: Literal["train", "val", "test"] = Field(default="val", description="Split the contexts come from.")
+    num_sessions: Int = Field(
+        default=4, description="Contexts come from this many sessions (one each, at least two contexts); 0 or less: every session."
+    )
+    context_length_s: PositiveFloat = Field(default=2.0, description="Real signal the model is given, in seconds.")
+    total_length_s: PositiveFloat = Field(
+        default=6.0, description="Context plus continuation, in seconds; the continuation is what is compared."
+    )
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> ExampleSamplerConfig:
+        if self.total_length_s <= self.context_length_s:
+            raise ValueError(
+                f"total_length_s ({self.total_length_s}) must be longer than context_length_s "
+                f"({self.context_length_s}): the difference is the continuation that is evaluated"
+            )
+        return self
+
+
+class GeneratorConfig(Section):
+    """How continuations are generated with the model's ``forecast``."""
+
+    enabled: bool = Field(default=True, description="Generate continuations and compare them with the real ones.")
+    seed: Int = Field(default=0, description="Seed of the torch.Generator that draws codes; the same seed gives the same rollouts.")
+    rollouts_per_context: Int = Field(default=1, ge=1, description="Continuations generated from each context.")
+    rollout_batch_size: Int = Field(default=4, ge=1, description="Rollouts generated together in one batch.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How each code is drawn (section below).")
+
+
+class EvalRunnerConfig(Section):
+    """Evaluation of checkpoints while training (and offline with `brain-gen eval`)."""
+
+    enabled: bool = Field(default=False, description="Evaluate last-checkpoints while training; false trains without evaluations.")
+    every_n_checkpoints: Int = Field(default=1, ge=1, description="Evaluate every Nth last-checkpoint write (the final one always).")
+    metrics_split: Literal["val", "test"] = Field(default="val", description="Split of the teacher-forced loss and metrics.")
+    max_batches: Int | None = Field(
+        default=8, ge=1, description="Teacher-forced batches scored (the first ones of the split, in order); null: the whole split."
+    )
+    num_examples: Int = Field(default=3, ge=0, description="Contexts drawn in examples.png.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where evaluations run; auto: the first GPU if there is one, else the CPU."
+    )
+    timeout_minutes: PositiveFloat = Field(default=30.0, description="An evaluation running longer is stopped and reported.")
+    wait_at_end: bool = Field(
+        default=True, description="After training, wait (with a progress line) for the final checkpoint's evaluation."
+    )
+    analyses: list[Literal["spectral", "spatial", "amplitude", "horizon"]] = Field(
+        default_factory=lambda: list(EVAL_ANALYSES),
+        description="Comparisons of generated with real continuations: spectral, spatial, amplitude, horizon.",
+    )
+    horizon_window_s: PositiveFloat = Field(
+        default=0.5, description="Length of the consecutive windows of the horizon analysis, in seconds."
+    )
+    example_sampler: ExampleSamplerConfig = Field(
+        default_factory=ExampleSamplerConfig, description="Where the real contexts come from (section below)."
+    )
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="How continuations are generated (section below).")
+
+    # The reference toolkit's cloud keys: they parse, so its eval blocks load, and a notice says they do nothing here.
+    use_modal: Any = Field(default=None, description="Reference toolkit's cloud switch; no effect: evaluations run locally.")
+    modal_app: Any = Field(default=None, description="Reference toolkit's cloud app; no effect: evaluations run locally.")
+    modal_function: Any = Field(default=None, description="Reference toolkit's cloud function; no effect: evaluations run locally.")
+    modal_env: Any = Field(default=None, description="Reference toolkit's cloud environment; no effect: evaluations run locally.")
+
+    @property
+    def cloud_keys_set(self) -> list[str]:
+        """The reference toolkit's cloud keys that were written (they have no effect here)."""
+        return [key for key in EVAL_CLOUD_KEYS if key in self.model_fields_set]
+
+
 # --------------------------------------------------------------------------- top level
 
 
@@ -432,7 +534,9 @@ class ExperimentConfig(Section):
     dataloader: DataLoaderConfig = Field(default_factory=DataLoaderConfig, description="Data loader options (section below).")
     lightning: LightningConfig = Field(description="Optimizer, schedules and resume overrides (section below).")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="brain-gen's trainer keys and pytorch_lightning.Trainer arguments (section below).")
-    eval_runner: dict[str, Any] | None = Field(default=None, description="Automatic evaluation of checkpoints.")
+    eval_runner: EvalRunnerConfig | None = Field(
+        default=None, description="Evaluation of checkpoints while training and with `brain-gen eval` (section below)."
+    )
     prepare: PrepareConfig | None = Field(
         default=None, description="Options of `brain-gen prepare` (section below), so one file can hold both; training ignores them."
     )

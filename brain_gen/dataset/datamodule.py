@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from brain_gen.config.schema import DataLoaderConfig
+from brain_gen.dataset.loaders import make_loader
 
 
 class BrainDataModule(pl.LightningDataModule):
@@ -46,21 +47,7 @@ class BrainDataModule(pl.LightningDataModule):
         dataset = self.datasets[split]
         if len(dataset) == 0:
             return None
-        training = split == "train"
-        options = self.options
-        kwargs: dict[str, Any] = dict(
-            batch_size=self.batch_size,
-            shuffle=training,
-            # Only training drops the last partial batch: evaluation must see every window.
-            drop_last=options.drop_last and training,
-            num_workers=options.num_workers,
-            pin_memory=options.pin_memory,
-            persistent_workers=options.persistent_workers,
-        )
-        if options.num_workers > 0:
-            kwargs["prefetch_factor"] = options.prefetch_factor
-        extras = self.extras if training else {**self.extras, **self.eval_extras}
-        return self.loader_class(dataset, **extras, **kwargs)
+        return make_loader(dataset, self.loader_class, self.options, self.batch_size, split == "train", self.extras, self.eval_extras)
 
     def train_dataloader(self) -> DataLoader:
         return self.make_loader("train")

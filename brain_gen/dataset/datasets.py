@@ -39,6 +39,12 @@ class WindowDataset(Dataset):
             len(rows) == self.num_channels and bool((rows == np.arange(self.num_channels)).all()) for rows in self._rows
         ]
         self._open_chunks: dict[tuple[int, int], np.ndarray] = {}
+        # Per session: where each chunk starts in the whole recording, in samples.
+        self._chunk_starts = [np.cumsum([0] + [chunk.n_samples for chunk in s.chunks]) for s in split.sessions]
+
+    def session_samples(self, session_index: int) -> int:
+        """Length of a whole session, in samples."""
+        return int(self._chunk_starts[session_index][-1])
 
     def __len__(self) -> int:
         return len(self.split.windows)
@@ -59,6 +65,21 @@ class WindowDataset(Dataset):
         """The window's samples, float32 ``[C, L]``, and which channels are present, bool ``[C]``."""
         session_index, chunk_index, start = (int(v) for v in self.split.windows[index])
         samples = self._chunk(session_index, chunk_index)[:, start : start + self.split.window_samples]
+        return self._in_layout(session_index, samples)
+
+    def read_span(self, session_index: int, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """``length`` samples of a session from sample ``start`` of the whole recording, read across
+        chunk boundaries, in the canonical layout ``[C, length]``, and which channels are present."""
+        starts = self._chunk_starts[session_index]
+        stop = start + length
+        pieces = []
+        chunk_index = int(np.searchsorted(starts, start, side="right")) - 1
+        while start < stop:
+            piece_end = min(stop, int(starts[chunk_index + 1]))
+            offset = int(starts[chunk_index])
+            pieces.append(self._chunk(session_index, chunk_index)[:, start - offset : piece_end - offset])
+            start, chunk_index = piece_end, chunk_index + 1
+        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
         return self._in_layout(session_index, samples)
 
     def _in_layout(self, session_index: int, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,8 +210,6 @@ class ChunkDatasetClassification(WindowDataset):
         self.classes = [str(name) for name in classes]
         self.num_classes = len(self.classes)
         index_of = {name: index for index, name in enumerate(self.classes)}
-        # Per session: where each chunk starts in the whole recording, in samples.
-        self._chunk_starts = [np.cumsum([0] + [chunk.n_samples for chunk in s.chunks]) for s in split.sessions]
         events, dropped = [], 0
         for session_index, session in enumerate(split.sessions):
             total = int(self._chunk_starts[session_index][-1])
@@ -212,18 +231,7 @@ class ChunkDatasetClassification(WindowDataset):
     def read_event(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The event's window ``[C, L]`` in the canonical layout (joined across chunks) and which channels are present."""
         session_index, start, _, _ = self.events[index]
-        starts = self._chunk_starts[session_index]
-        stop = start + self.sequence_length
-        pieces = []
-        chunk_index = int(np.searchsorted(starts, start, side="right")) - 1
-        while start < stop:
-            chunk_end = int(starts[chunk_index + 1])
-            piece_end = min(stop, chunk_end)
-            chunk = self._chunk(session_index, chunk_index)
-            pieces.append(chunk[:, start - int(starts[chunk_index]) : piece_end - int(starts[chunk_index])])
-            start, chunk_index = piece_end, chunk_index + 1
-        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
-        return self._in_layout(session_index, samples)
+        return self.read_span(session_index, start, self.sequence_length)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         window, _ = self.read_event(index)

@@ -175,6 +175,20 @@ class TextCollate:
         owners = np.tile(np.asarray(channels, dtype=np.int64), len(sample))
         return text, lengths, owners
 
+    def _channel_ids(self, ids: np.ndarray, word_lengths: np.ndarray, word_owners: np.ndarray) -> np.ndarray:
+        """The layout channel of each token of one row (-1 for separators and padding)."""
+        spelled = self.token_chars[ids]
+        first_char = np.cumsum(spelled) - spelled
+        word_starts = np.cumsum(word_lengths) - word_lengths
+        word = np.searchsorted(word_starts, first_char, side="right") - 1
+        return np.where(spelled > 0, word_owners[np.clip(word, 0, len(word_owners) - 1)], NO_CHANNEL)
+
+    def tokenize(self, sample: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and channel ids ``[T]`` of one whole sample (no cut, no padding)."""
+        text, lengths, owners = self.render(sample)
+        ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return ids, self._channel_ids(ids, lengths, owners)
+
     def __call__(self, samples: list[list[list[str]]]):
         rendered = [self.render(sample) for sample in samples]
         encodings = self.tokenizer.encode_batch([text for text, _, _ in rendered], add_special_tokens=False)
@@ -187,11 +201,7 @@ class TextCollate:
         for index, (row, (_, word_lengths, word_owners)) in enumerate(zip(rows, rendered)):
             row = np.asarray(row[:width], dtype=np.int64)
             ids[index, : len(row)] = row
-            spelled = self.token_chars[row]
-            first_char = np.cumsum(spelled) - spelled
-            word_starts = np.cumsum(word_lengths) - word_lengths
-            word = np.searchsorted(word_starts, first_char, side="right") - 1
-            channel_ids[index, : len(row)] = np.where(spelled > 0, word_owners[np.clip(word, 0, len(word_owners) - 1)], NO_CHANNEL)
+            channel_ids[index, : len(row)] = self._channel_ids(row, word_lengths, word_owners)
         lengths = np.array([min(len(row), width) for row in rows])
         mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
         targets = np.where(mask[:, 1:] == 1, ids[:, 1:], IGNORE_INDEX)

@@ -1,5 +1,7 @@
 """Models: plain nn.Modules, one file per family."""
 
+from typing import Any
+
 # Built-in model classes by config name (`model_name`).
 MODELS = {
     "ChannelGPT": "brain_gen.models.channel_gpt:ChannelGPT",
@@ -7,3 +9,8 @@ MODELS = {
     "ConvClassifier": "brain_gen.models.conv_classifier:ConvClassifier",
     "WaveNet": "brain_gen.models.wavenet:WaveNet",
 }
+
+
+def call_model(model, inputs: Any) -> Any:
+    """Run a model on a batch's inputs; a tuple of inputs becomes positional arguments."""
+    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from brain_gen.config.schema import SamplingConfig
+from brain_gen.models.sampling import generating, sample_next
 from brain_gen.models.transformer import CausalTransformer, init_weights
 
 
@@ -64,6 +66,7 @@ class ChannelGPT(nn.Module):
             The settings in force are saved in checkpoints.
 
     Input: int64 codes ``[B, C, T]``. Output: logits ``[B, C, T, vocab_size]``.
+    ``forecast`` continues a context code by code.
     """
 
     def __init__(
@@ -157,3 +160,43 @@ class ChannelGPT(nn.Module):
         x = self.transformer.token_embedding(self.corrupt(codes)) + self.channel_embedding(channel_ids)[None, :, None, :]
         logits = self.transformer(x.reshape(batch * channels, time, -1))
         return logits.view(batch, channels, time, self.vocab_size)
+
+    def forecast(
+        self,
+        context: torch.Tensor,
+        steps: int,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue int64 codes ``context`` ``[B, C, T]`` (T >= 1) by ``steps`` codes: int64 ``[B, C, steps]``.
+
+        Every channel is continued as its own sequence, all ``B * C`` together, each code
+        drawn by ``sampling`` (default ``SamplingConfig()``) through ``generator``. Past
+        ``max_position_embeddings`` the window slides as ``CausalTransformer.rollout``
+        describes. ``use_cache=False`` recomputes the window at every step (slow; the
+        reference of the cached path). Runs in eval mode without autograd and leaves
+        the training flag as it was.
+        """
+        if context.dim() != 3 or context.shape[1] != self.num_channels or context.is_floating_point() or context.shape[2] < 1:
+            raise ValueError(
+                f"ChannelGPT.forecast expects int64 codes [batch, {self.num_channels}, time >= 1], "
+                f"got {context.dtype} {tuple(context.shape)}"
+            )
+        sampling = sampling or SamplingConfig()
+        batch, channels, time = context.shape
+        with generating(self):
+            # Row b * C + c of the flattened batch is channel c, as in forward.
+            channel_vectors = self.channel_embedding(torch.arange(channels, device=context.device)).repeat(batch, 1)
+
+            def embed(history: torch.Tensor, start: int) -> torch.Tensor:
+                return self.transformer.token_embedding(history[:, start:]) + channel_vectors[:, None, :]
+
+            codes = self.transformer.rollout(
+                context.reshape(batch * channels, time).long(),
+                steps,
+                embed,
+                lambda logits: sample_next(logits, sampling, generator),
+                use_cache,
+            )
+        return codes.view(batch, channels, steps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +41,29 @@ class CausalSelfAttention(nn.Module):
         )
         return self.resid_dropout(self.proj(attended.transpose(1, 2).reshape(batch, time, width)))
 
+    def forward_cached(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Attention of ``x`` ``[N, t, d_model]`` at positions ``start..start+t-1`` over all cached ones.
+
+        ``keys`` and ``values`` ``[N, heads, max_positions, head_dim]`` hold the first
+        ``start`` positions; this step's keys and values are written after them.
+        ``cos`` and ``sin`` are the rotary rows of this step's positions. Eval only (no dropout).
+        """
+        batch, time, width = x.shape
+        q, k, v = self.qkv(x).view(batch, time, 3, self.n_heads, width // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        end = start + time
+        keys[:, :, start:end], values[:, :, start:end] = k, v
+        if start == 0:
+            # A prefill: the same causal attention as training, over this step alone.
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # Query i sits at position start + i and may see every position up to it.
+            visible = None if time == 1 else torch.ones(time, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            attended = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=visible)
+        return self.proj(attended.transpose(1, 2).reshape(batch, time, width))
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: attention then a 4x MLP, each with a residual."""
@@ -56,6 +81,31 @@ class Block(nn.Module):
         x = x + self.attention(self.attention_norm(x), cos, sin)
         return x + self.mlp(self.mlp_norm(x))
 
+    def forward_cached(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """``forward`` for positions ``start..`` of ``x`` ``[N, t, d_model]``, attending to cached keys and values."""
+        x = x + self.attention.forward_cached(self.attention_norm(x), cos, sin, keys, values, start)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class KVCache:
+    """Keys and values of every layer for ``N`` sequences of up to ``max_positions`` steps.
+
+    ``keys`` and ``values`` are ``[n_layers, N, heads, max_positions, head_dim]``; the
+    first ``length`` positions are filled. ``clear`` makes room for a new prefill
+    without reallocating.
+    """
+
+    def __init__(self, n_layers: int, sequences: int, n_heads: int, max_positions: int, head_dim: int, like: torch.Tensor):
+        shape = (n_layers, sequences, n_heads, max_positions, head_dim)
+        self.keys = torch.empty(shape, dtype=like.dtype, device=like.device)
+        self.values = torch.empty(shape, dtype=like.dtype, device=like.device)
+        self.length = 0
+
+    def clear(self) -> None:
+        self.length = 0
+
 
 class CausalTransformer(nn.Module):
     """Token embedding, causal pre-norm blocks with rotary positions, and a tied output head.
@@ -68,6 +118,10 @@ class CausalTransformer(nn.Module):
 
     ``forward`` takes embedded sequences ``[N, T, d_model]`` (the caller adds what else
     it embeds, such as channels) and returns logits ``[N, T, vocab_size]``.
+
+    Generation goes through ``rollout`` (see there for the window policy past
+    ``max_position_embeddings``), built on ``extend`` (cached) and ``last_logits``
+    (recomputed).
     """
 
     def __init__(
@@ -112,6 +166,10 @@ class CausalTransformer(nn.Module):
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.final_norm(self.hidden_states(x)))
+
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        """Output ``[N, T, d_model]`` of the last block for embedded sequences ``x`` ``[N, T, d_model]``."""
         time = x.shape[1]
         if time > self.max_position_embeddings:
             raise ValueError(f"sequence of {time} steps exceeds max_position_embeddings={self.max_position_embeddings}")
@@ -119,7 +177,81 @@ class CausalTransformer(nn.Module):
         cos, sin = self.rope_cos[:time], self.rope_sin[:time]
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.head(self.final_norm(x))
+        return x
+
+    def new_cache(self, sequences: int) -> KVCache:
+        """An empty cache for ``sequences`` sequences of up to ``max_position_embeddings`` steps."""
+        n_heads = self.blocks[0].attention.n_heads
+        return KVCache(len(self.blocks), sequences, n_heads, self.max_position_embeddings, self.head_dim, self.token_embedding.weight)
+
+    def extend(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Append embedded steps ``x`` ``[N, t, d_model]`` to ``cache``; logits ``[N, vocab_size]`` of the last one.
+
+        The steps take the positions after those already cached (from 0 on an empty
+        cache: a prefill). Eval only: no dropout.
+        """
+        start, time = cache.length, x.shape[1]
+        end = start + time
+        if end > self.max_position_embeddings:
+            raise ValueError(f"cache of {end} steps exceeds max_position_embeddings={self.max_position_embeddings}")
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        for layer, block in enumerate(self.blocks):
+            x = block.forward_cached(x, cos, sin, cache.keys[layer], cache.values[layer], start)
+        cache.length = end
+        return self.head(self.final_norm(x[:, -1]))
+
+    def last_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, vocab_size]`` after the last of the embedded steps ``x`` ``[N, T, d_model]``, all recomputed."""
+        return self.head(self.final_norm(self.hidden_states(x)[:, -1]))
+
+    def rollout(
+        self,
+        context: torch.Tensor,
+        steps: int,
+        embed: Callable[[torch.Tensor, int], torch.Tensor],
+        pick: Callable[[torch.Tensor], torch.Tensor],
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue ``context`` ``[N, T]`` (T >= 1) token by token; the ``steps`` new tokens, int64 ``[N, steps]``.
+
+        ``embed(history, start)`` returns the embedding ``[N, L - start, d_model]`` of
+        ``history[:, start:]``, where ``history`` ``[N, L]`` is the context followed by
+        the tokens generated so far. ``pick(logits [N, vocab_size])`` returns the next
+        tokens ``[N]``. Call it in eval mode, without autograd.
+
+        Window policy, with W = ``max_position_embeddings``: the model sees a window of
+        at most W of the latest tokens, at positions 0.. from its first. A context
+        longer than W starts as its last W tokens. When a new token would make the
+        window longer than W, the window becomes the last ``max(1, W // 2)`` tokens
+        (the new one included), re-encoded from position 0 in one prefill, and
+        generation goes on from there. ``use_cache=False`` follows the same policy but
+        recomputes the whole window at every step instead of appending one step to
+        the cache: the slow reference for the cached path.
+        """
+        sequences, context_length = context.shape
+        if context_length < 1:
+            raise ValueError("a rollout needs a context of at least one step")
+        window_limit = self.max_position_embeddings
+        kept_after_slide = max(1, window_limit // 2)
+        history = torch.empty(sequences, context_length + steps, dtype=torch.long, device=context.device)
+        history[:, :context_length] = context
+        length = context_length
+        window_start = max(0, context_length - window_limit)
+        cache = self.new_cache(sequences) if use_cache else None
+        for step in range(steps):
+            refill = step == 0
+            if length - window_start > window_limit:
+                window_start, refill = length - kept_after_slide, True
+            if cache is None:
+                logits = self.last_logits(embed(history[:, :length], window_start))
+            elif refill:
+                cache.clear()
+                logits = self.extend(embed(history[:, :length], window_start), cache)
+            else:
+                logits = self.extend(embed(history[:, :length], length - 1), cache)
+            history[:, length] = pick(logits)
+            length += 1
+        return history[:, context_length:].clone()
 
 
 def init_weights(module: nn.Module) -> None:

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brain_gen.config.schema import SamplingConfig
+from brain_gen.models.sampling import generating, sample_next
+
 
 class GatedResidualLayer(nn.Module):
     """tanh(filter) x sigmoid(gate) of a causal dilated convolution, with residual and skip outputs."""
@@ -29,6 +32,19 @@ class GatedResidualLayer(nn.Module):
         hidden = self.dropout(torch.tanh(filtered) * torch.sigmoid(gate))
         return x + self.residual(hidden), self.skip(hidden)
 
+    def step(self, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` at one new time step ``x`` ``[B, R, 1]``, given the ``left_padding`` inputs before it.
+
+        ``past`` ``[B, R, left_padding]`` holds this layer's latest inputs, oldest first
+        (zeros before the sequence's start, as the padding of ``forward``). Returns the
+        residual output ``[B, R, 1]``, the skip output ``[B, S, 1]`` and the updated ``past``.
+        """
+        window = torch.cat((past, x), dim=2)
+        # The dilated convolution over exactly its receptive field yields one output: the new step's.
+        filtered, gate = self.dilated(window).chunk(2, dim=1)
+        hidden = torch.tanh(filtered) * torch.sigmoid(gate)
+        return x + self.residual(hidden), self.skip(hidden), window[:, :, 1:]
+
 
 class WaveNet(nn.Module):
     """Next-code logits ``[B, C, T, vocab_size]`` from int64 mu-law codes ``[B, C, T]``.
@@ -45,6 +61,8 @@ class WaveNet(nn.Module):
             2^dilation_cycle - 1 steps per cycle, times kernel_size - 1).
         kernel_size: taps of each dilated convolution.
         dropout: dropout probability inside each layer.
+
+    ``forecast`` continues a context code by code.
     """
 
     def __init__(
@@ -76,12 +94,70 @@ class WaveNet(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.dim() != 3 or codes.shape[1] != self.num_channels or codes.is_floating_point():
             raise ValueError(f"WaveNet expects int64 codes [batch, {self.num_channels}, time], got {codes.dtype} {tuple(codes.shape)}")
-        batch, channels, steps = codes.shape
-        embedded = self.embedding(codes)  # [B, C, T, E]
-        x = self.mix_channels(embedded.permute(0, 1, 3, 2).reshape(batch, -1, steps))
+        x = self.mixed_embedding(codes)
         skips = 0
         for layer in self.layers:
             x, skip = layer(x)
             skips = skips + skip
+        return self.code_logits(skips)
+
+    def mixed_embedding(self, codes: torch.Tensor) -> torch.Tensor:
+        """Input ``[B, residual_channels, T]`` of the first layer for codes ``[B, C, T]``."""
+        batch, _, steps = codes.shape
+        embedded = self.embedding(codes)  # [B, C, T, E]
+        return self.mix_channels(embedded.permute(0, 1, 3, 2).reshape(batch, -1, steps))
+
+    def code_logits(self, skips: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C, T, vocab_size]`` from the summed skip outputs ``[B, skip_channels, T]``."""
+        batch, _, steps = skips.shape
         logits = self.head(skips)  # [B, C * V, T]
-        return logits.reshape(batch, channels, self.vocab_size, steps).permute(0, 1, 3, 2)
+        return logits.reshape(batch, self.num_channels, self.vocab_size, steps).permute(0, 1, 3, 2)
+
+    def forecast(
+        self,
+        context: torch.Tensor,
+        steps: int,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Continue int64 codes ``context`` ``[B, C, T]`` (T >= 1) by ``steps`` codes: int64 ``[B, C, steps]``.
+
+        Each code is drawn by ``sampling`` (default ``SamplingConfig()``) through
+        ``generator``. The cached path runs the context through the stack once, keeps
+        each layer's last ``(kernel_size - 1) * dilation`` inputs, and then computes only
+        the new time step of every layer. ``use_cache=False`` runs ``forward`` over the
+        whole sequence so far at every step (slow; the reference). Runs in eval mode
+        without autograd and leaves the training flag as it was.
+        """
+        if context.dim() != 3 or context.shape[1] != self.num_channels or context.is_floating_point() or context.shape[2] < 1:
+            raise ValueError(
+                f"WaveNet.forecast expects int64 codes [batch, {self.num_channels}, time >= 1], got {context.dtype} {tuple(context.shape)}"
+            )
+        sampling = sampling or SamplingConfig()
+        batch, channels, time = context.shape
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:  # [B, C, V] -> [B, C]
+            return sample_next(logits.reshape(batch * channels, -1), sampling, generator).view(batch, channels)
+
+        with generating(self):
+            codes = torch.empty(batch, channels, time + steps, dtype=torch.long, device=context.device)
+            codes[:, :, :time] = context
+            if not use_cache:
+                for step in range(time, time + steps):
+                    codes[:, :, step] = pick(self(codes[:, :, :step])[:, :, -1])
+                return codes[:, :, time:].clone()
+            x, skips, pasts = self.mixed_embedding(context.long()), 0, []
+            for layer in self.layers:
+                # The layer's inputs before the new step; zeros stand for steps before the start.
+                pasts.append(F.pad(x, (layer.left_padding, 0))[:, :, -layer.left_padding :])
+                x, skip = layer(x)
+                skips = skips + skip
+            for step in range(time, time + steps):
+                if step > time:
+                    x, skips = self.mixed_embedding(codes[:, :, step - 1 : step]), 0
+                    for index, layer in enumerate(self.layers):
+                        x, skip, pasts[index] = layer.step(x, pasts[index])
+                        skips = skips + skip
+                codes[:, :, step] = pick(self.code_logits(skips[:, :, -1:])[:, :, -1])
+        return codes[:, :, time:].clone()

@@ -19,6 +19,7 @@ import mmap
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,28 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
         self.blocked_seconds = 0.0
         self._in_batch = False
         self._last_snapshot: Any = None
+        # Called with the path of each checkpoint once it is complete on disk (see on_durable_write).
+        self._durable_write_listeners: list[Callable[[str], None]] = []
+
+    def on_durable_write(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(path)`` after each checkpoint this callback writes is complete on disk.
+
+        With background writes it runs on the writer thread, right after the file got its
+        final name and before any later write or delete of this callback, so the
+        listener can hard-link the file before it could be replaced. It must be quick.
+        """
+        self._durable_write_listeners.append(listener)
+
+    def _notify_durable(self, filepath: str) -> None:
+        for listener in self._durable_write_listeners:
+            try:
+                listener(filepath)
+            except Exception:  # a listener's failure must not fail the checkpoint
+                log.exception("checkpoint: a listener failed on %s", filepath)
+
+    def _write_and_notify(self, state: dict[str, Any], filepath: str) -> None:
+        write_atomically(state, filepath)
+        self._notify_durable(filepath)
 
     # ----------------------------------------------------------------- writing
 
@@ -302,6 +325,8 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         if not self._supports_background_writes(trainer):
             super()._save_checkpoint(trainer, filepath)
+            if trainer.is_global_zero:
+                self._notify_durable(filepath)
             return
         self.raise_failed_write()
         waited = self.wait_for_writes()
@@ -315,7 +340,7 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
             # Every earlier write has finished (waited for above), so its buffers are free.
             frozen = snapshot(checkpoint, reuse=self._last_snapshot)
             self._last_snapshot = frozen
-            self._submit(write_atomically, frozen, filepath)
+            self._submit(self._write_and_notify, frozen, filepath)
         trainer.strategy.barrier("ThreadedModelCheckpoint._save_checkpoint")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath

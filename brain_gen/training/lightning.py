@@ -21,6 +21,7 @@ from torch.optim import lr_scheduler as torch_schedulers
 from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.registry import check_arguments
 from brain_gen.config.schema import LightningConfig
+from brain_gen.models import call_model
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,6 @@ def check_lr_schedule(config: LightningConfig) -> None:
         scheduler_class(probe, **kwargs)
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"lightning.lr_scheduler: {scheduler.class_name} rejected its arguments: {exc}") from exc
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Run a model on a batch's inputs; a tuple of inputs becomes positional arguments."""
-    return model(*inputs) if isinstance(inputs, (tuple, list)) else model(inputs)
 
 
 class LinearWarmup:

@@ -21,13 +21,16 @@ from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.loading import load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.registry import instantiate, resolve_class
-from brain_gen.config.schema import MIXUP_KEYS, TEXT_KEYS, ExperimentConfig, ResumeContextConfig
+from brain_gen.config.schema import ExperimentConfig, ResumeContextConfig
 from brain_gen.dataset import DATASETS
 from brain_gen.dataset.datamodule import BrainDataModule
+from brain_gen.dataset.loaders import BUILTIN_LOADERS, loader_extras
 from brain_gen.dataset.mixup import MixupDataLoader
 from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
+from brain_gen.eval.evaluation import check_evaluation_fits
 from brain_gen.eval.reports import TestReport
+from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
@@ -37,8 +40,8 @@ from brain_gen.training.performance import BoundedFlushTensorBoardLogger, Perfor
 
 log = logging.getLogger(__name__)
 
-# Loader classes by config name (`dataloader_class`); the names are importable from this module.
-LOADERS = {name: f"{__name__}:{name}" for name in ("DataLoader", "MixupDataLoader", "TextDataLoader")}
+# Loader classes by config name (`dataloader_class`); each is also importable from this module.
+LOADERS = {name: f"{__name__}:{name}" for name in BUILTIN_LOADERS}
 
 try:  # Lightning >= 2.1 raises this for impossible Trainer settings (e.g. a missing GPU).
     from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -73,6 +76,12 @@ class ExperimentDL:
             check_checkpoint_file("resume_from", Path(self.config.resume_from))
         self.save_dir = Path(self.config.save_dir)
         check_writable_folder("save_dir", self.save_dir)
+        if self.config.eval_runner is not None and self.config.eval_runner.cloud_keys_set:
+            log.warning(
+                "notice: eval_runner.%s: evaluations run locally on this machine; the cloud keys have no effect",
+                ", ".join(self.config.eval_runner.cloud_keys_set),
+            )
+        self.eval_runner: EvalRunner | None = None
         self.user_callbacks = user_callbacks(self.config.trainer.callbacks)
         if self.config.datasplitter.cache_dir:
             check_writable_folder("datasplitter.cache_dir", Path(self.config.datasplitter.cache_dir))
@@ -88,6 +97,11 @@ class ExperimentDL:
         pending = pending_features(self.config)
         if pending:
             raise ConfigError(f"not implemented yet: {', '.join(pending)}; remove or switch off these keys")
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether eval_runner asks for evaluations while training."""
+        return self.config.eval_runner is not None and self.config.eval_runner.enabled
 
     def build_datasets(self) -> None:
         """Scan and split the data and build the three datasets (once)."""
@@ -140,6 +154,10 @@ class ExperimentDL:
             ) from exc
         self.model, self.lit_model = model, lit_model
         self._check_monitors()
+        if self.evaluates:
+            # Found now, not when the first evaluation fails after an epoch of training.
+            for notice in check_evaluation_fits(config, self.splits, self.datasets, model_class, loss):
+                log.warning("%s", notice)
 
     def _check_monitors(self) -> None:
         """Every metric a config key monitors must be one the run logs, checked before training."""
@@ -172,7 +190,15 @@ class ExperimentDL:
         kwargs = trainer_config.lightning_kwargs
         callbacks: list[pl.Callback] = []
         if logger and kwargs.get("enable_checkpointing", True) is not False:
-            callbacks.extend(checkpoint_callbacks(Path(logger.log_dir) / "checkpoints", trainer_config.checkpoint_cadence_epochs))
+            checkpoints = checkpoint_callbacks(Path(logger.log_dir) / "checkpoints", trainer_config.checkpoint_cadence_epochs)
+            callbacks.extend(checkpoints)
+            if self.evaluates:
+                run_dir = Path(logger.log_dir)
+                self.eval_runner = EvalRunner(self.config.eval_runner, run_dir, run_dir / "config.yaml")
+                self.eval_runner.attach(checkpoints[-1])
+                callbacks.append(self.eval_runner)
+        elif self.evaluates and logger:
+            raise ConfigError("eval_runner.enabled: evaluations read the last-checkpoints, but trainer.enable_checkpointing is false; enable one or the other")
         stopping = early_stopping(trainer_config.early_stopping)
         if stopping is not None:
             callbacks.append(stopping)
@@ -249,12 +275,17 @@ class ExperimentDL:
             # Added only now, so that the validation pass above does not search too.
             self._add_batch_size_finder(trainer)
             trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
+            if self.eval_runner is not None:
+                self.eval_runner.finish()
         except MisconfigurationException as exc:
             # Lightning's own checks of the setup fail before the first step; a failure
             # after hours of training is a crash, and keeps its traceback.
             if self.lit_model.trained_batches:
                 raise
             raise ConfigError(f"trainer: {exc}") from exc
+        finally:
+            if self.eval_runner is not None:
+                self.eval_runner.cancel()  # nothing left after finish(); after a crash, stop the process
         return trainer
 
     def _trained_checkpoint(self) -> str | None:
@@ -378,29 +409,6 @@ def checkpoint_callbacks(dirpath: Path, cadence_epochs: int | None = None) -> li
         final_last_checkpoint=True,
     )
     return [best, last]
-
-
-def loader_extras(config: ExperimentConfig, loader_class: type) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Keyword arguments of the loader class: for every loader, and changes for val/test.
-
-    A class given by import path gets the extras of the built-in loader it extends.
-    """
-    options = config.dataloader
-    owners = {"MixupDataLoader": (MixupDataLoader, MIXUP_KEYS), "TextDataLoader": (TextDataLoader, TEXT_KEYS)}
-    owner = next((name for name, (base, _) in owners.items() if issubclass(loader_class, base)), None)
-    for name, (_, keys) in owners.items():
-        for key in keys:
-            if name != owner and options.explicitly_set(key):
-                raise ConfigError(
-                    f"dataloader.{key} is only used by {name}, but {config.dataloader_class} is not one; remove the key"
-                )
-    if owner == "MixupDataLoader":
-        return {key: getattr(options, key) for key in MIXUP_KEYS}, {"mix": False}
-    if owner == "TextDataLoader":
-        if options.tokenizer_path is None:
-            raise ConfigError(f"dataloader.tokenizer_path is required with dataloader_class: {config.dataloader_class}")
-        return {key: getattr(options, key) for key in TEXT_KEYS}, {}
-    return {}, {}
 
 
 def check_loader_fits_data(loader: Any, dataset: Any) -> None:

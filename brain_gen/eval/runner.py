@@ -1,0 +1,310 @@
+"""EvalRunner: evaluate each new last-checkpoint in a separate low-priority process while training goes on.
+
+The evaluation process (brain_gen.eval.worker) is started when fitting starts, so its
+imports and data preparation happen while the first epoch trains; afterwards each
+evaluation only loads a checkpoint. One evaluation runs at a time. A checkpoint that
+lands while one runs waits, and a newer one replaces it (the dropped one is logged).
+A crash, an error or a timeout of an evaluation is logged with its log file, and
+training goes on; the next evaluation gets a fresh process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from brain_gen.config.schema import EvalRunnerConfig
+from brain_gen.eval.evaluation import evaluation_folder_name
+
+log = logging.getLogger(__name__)
+
+WORKER_COMMAND = (sys.executable, "-m", "brain_gen.eval.worker")
+
+
+@dataclass
+class _Job:
+    source: str  # the checkpoint as training wrote it
+    link: str  # a hard link (or copy) the evaluation reads, so the source may be deleted meanwhile
+    out_dir: Path
+    name: str
+    started: float | None = None
+
+
+class EvalRunner(pl.Callback):
+    """Evaluates last-checkpoints as they are written (rank zero only).
+
+    Args:
+        settings: the ``eval_runner`` config section.
+        run_dir: the version folder; evaluations go to ``<run_dir>/evals/epoch=E-step=S/``.
+        config_path: the run's resolved ``config.yaml``, which the evaluation process reads.
+        worker_command: the command that starts an evaluation process (tests pass a fake).
+    """
+
+    def __init__(self, settings: EvalRunnerConfig, run_dir: str | Path, config_path: str | Path, worker_command: tuple[str, ...] | list[str] = WORKER_COMMAND):
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.evals_dir = self.run_dir / "evals"
+        self.config_path = Path(config_path)
+        self.worker_command = list(worker_command)
+        self._lock = threading.Lock()
+        self._written = 0
+        self._pending: _Job | None = None
+        self._running: _Job | None = None
+        self._process: subprocess.Popen | None = None
+        self._results: Any = None
+        self._worker_log = None
+        self._threads = 1
+        self.latest_checkpoint: str | None = None
+        self.completed: list[tuple[str, bool, str]] = []  # (folder name, ok, message)
+        self._active = True
+
+    # ----------------------------------------------------------------- hooks
+
+    def attach(self, checkpoint_callback: Any) -> None:
+        """Listen to the durable writes of the last-checkpoint callback."""
+        checkpoint_callback.on_durable_write(self._checkpoint_written)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._active = trainer.is_global_zero
+        if self._active:
+            self._start_worker()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._running is not None or self._pending is not None:
+            self.poll()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.poll()
+
+    # ----------------------------------------------------------------- queue
+
+    def _checkpoint_written(self, path: str) -> None:
+        """Runs on the checkpoint writer thread, before the file can be replaced: keep a link to it."""
+        if not self._active:
+            return
+        with self._lock:
+            self._written += 1
+            self.latest_checkpoint = path
+            # The Nth, 2Nth, ... write, as Lightning counts every_n_epochs; the final one is added by finish().
+            if self._written % self.settings.every_n_checkpoints:
+                return
+            self._queue(path)
+
+    def _queue(self, path: str) -> None:
+        job = self._job_for(path)
+        if job is None:
+            return
+        if self._pending is not None:
+            log.info("eval_runner: skipped the evaluation of %s: a newer checkpoint arrived while it waited", self._pending.name)
+            Path(self._pending.link).unlink(missing_ok=True)
+        self._pending = job
+
+    def _job_for(self, path: str) -> _Job | None:
+        name = evaluation_folder_name(path, 0, 0)
+        out_dir = self.evals_dir / name
+        if out_dir.exists() or (self._running is not None and self._running.name == name) or (self._pending is not None and self._pending.name == name):
+            return None  # already evaluated or on its way
+        links = self.evals_dir / ".checkpoints"
+        links.mkdir(parents=True, exist_ok=True)
+        link = links / Path(path).name
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)
+        except OSError:
+            shutil.copyfile(path, link)  # a file system without hard links
+        return _Job(source=path, link=str(link), out_dir=out_dir, name=name)
+
+    def poll(self) -> None:
+        """Collect a finished evaluation, stop one past its timeout, and start the next one."""
+        with self._lock:
+            running = self._running
+            if running is not None:
+                self._collect(running)
+            if self._running is None and self._pending is not None:
+                self._launch(self._pending)
+                self._pending = None
+
+    def _collect(self, job: _Job) -> None:
+        answer = self._read_answer()
+        if answer is not None:
+            self._running = None
+            if answer.get("ok"):
+                self._report(job, True, f"done in {time.monotonic() - job.started:.0f} s: {job.out_dir}")
+            else:
+                self._report(job, False, f"failed ({answer.get('error')}); see {job.out_dir / 'eval.log'}")
+            return
+        if self._process.poll() is not None:
+            self._running = None
+            self._report(job, False, f"the evaluation process exited with code {self._process.returncode}; see {job.out_dir / 'eval.log'}")
+            self._close_worker()
+        elif time.monotonic() - job.started > self.settings.timeout_minutes * 60:
+            self._running = None
+            self._report(job, False, f"stopped after eval_runner.timeout_minutes={self.settings.timeout_minutes:g}; see {job.out_dir / 'eval.log'}")
+            self._close_worker()
+
+    def _report(self, job: _Job, ok: bool, message: str) -> None:
+        Path(job.link).unlink(missing_ok=True)
+        self.completed.append((job.name, ok, message))
+        if ok:
+            log.info("eval_runner: evaluation of %s %s", job.name, message)
+        else:
+            log.warning("eval_runner: evaluation of %s %s", job.name, message)
+
+    def _launch(self, job: _Job) -> None:
+        if self._process is None or self._process.poll() is not None:
+            self._start_worker()
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        job.started = time.monotonic()
+        message = {
+            "checkpoint": job.link,
+            "source": job.source,
+            "out": str(job.out_dir),
+            "tensorboard_dir": str(self.run_dir),
+            "threads": self._threads,
+            "remove_checkpoint": True,
+        }
+        try:
+            self._process.stdin.write(json.dumps(message) + "\n")
+            self._process.stdin.flush()
+        except OSError as error:
+            self._report(job, False, f"could not be started ({error}); see {self.evals_dir / 'worker.log'}")
+            self._close_worker()
+            return
+        self._running = job
+        log.info("eval_runner: evaluating %s in the background", job.name)
+
+    # ----------------------------------------------------------------- the process
+
+    def _start_worker(self) -> None:
+        self.evals_dir.mkdir(parents=True, exist_ok=True)
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        self._worker_log = open(self.evals_dir / "worker.log", "a")
+        # A session of its own: Ctrl-C in the terminal reaches training, which decides what to stop.
+        self._process = subprocess.Popen(
+            [*self.worker_command, "--config", str(self.config_path), "--result-fd", str(write_end)],
+            stdin=subprocess.PIPE,
+            stdout=self._worker_log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_end,),
+            start_new_session=True,
+            text=True,
+            # numpy's BLAS would start a thread per core beside training; torch's threads are set per job.
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+        )
+        os.close(write_end)
+        self._results = read_end
+        self._buffer = b""
+
+    def _read_answer(self) -> dict[str, Any] | None:
+        try:
+            chunk = os.read(self._results, 1 << 16)
+        except BlockingIOError:
+            chunk = b""
+        self._buffer += chunk
+        if b"\n" not in self._buffer:
+            return None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def _close_worker(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if self._results is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._results)
+        if self._worker_log is not None:
+            self._worker_log.close()
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                process.stdin.close()
+        self._results = self._worker_log = None
+
+    # ----------------------------------------------------------------- end of training
+
+    def offline_hint(self) -> str:
+        checkpoint = self.latest_checkpoint or "<checkpoint>"
+        return f"brain-gen eval {self.config_path} --ckpt {checkpoint}"
+
+    def finish(self, wait: bool | None = None) -> None:
+        """After fit: evaluate the final checkpoint and wait for it, or cancel everything.
+
+        Ctrl-C during the wait stops it, and the offline command is printed.
+        """
+        if not self._active:
+            return
+        wait = self.settings.wait_at_end if wait is None else wait
+        if not wait:
+            self.cancel()
+            if self.latest_checkpoint:
+                log.info("eval_runner: evaluations cancelled (wait_at_end: false); evaluate the final checkpoint with: %s", self.offline_hint())
+            return
+        # Training is over: the final evaluation may use every core.
+        self._threads = max(1, os.cpu_count() or 1)
+        with self._lock:
+            if self.latest_checkpoint is not None:
+                self._queue(self.latest_checkpoint)
+        self.poll()
+        shown = 0.0
+        started = time.monotonic()
+        try:
+            while self._running is not None or self._pending is not None:
+                time.sleep(0.05)
+                self.poll()
+                waited = time.monotonic() - started
+                if self._running is not None and waited - shown >= 5:
+                    shown = waited
+                    log.info("eval_runner: waiting for the evaluation of %s (%.0f s; Ctrl-C skips it)", self._running.name, waited)
+        except KeyboardInterrupt:
+            self.cancel()
+            log.warning("eval_runner: evaluation stopped by Ctrl-C; run it later with: %s", self.offline_hint())
+            return
+        finally:
+            if self._running is None and self._pending is None:
+                self.close()
+
+    def cancel(self) -> None:
+        """Drop the pending evaluation and stop the running one."""
+        with self._lock:
+            for job in (self._pending, self._running):
+                if job is not None:
+                    Path(job.link).unlink(missing_ok=True)
+            self._pending = self._running = None
+        self._close_worker()
+        self._remove_link_folder()
+
+    def close(self) -> None:
+        """Stop the evaluation process."""
+        process = self._process
+        if process is not None and process.poll() is None and process.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                process.stdin.close()  # end of jobs: the worker exits by itself
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self._close_worker()
+        self._remove_link_folder()
+
+    def _remove_link_folder(self) -> None:
+        links = self.evals_dir / ".checkpoints"
+        if links.is_dir() and not any(links.iterdir()):
+            links.rmdir()
+
+

@@ -1,0 +1,65 @@
+"""Drawing the next code (or token) from logits while generating, and the mode generation runs in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from brain_gen.config.schema import SamplingConfig
+
+# A temperature at or below this draws nothing: it is the temperature -> 0 limit, argmax.
+# Dividing by anything smaller would overflow float32 logits into inf/nan.
+ARGMAX_TEMPERATURE = 1e-5
+# Slack when comparing cumulative probabilities with top_p, so that float32 rounding of a
+# softmax (0.49999997 for 0.5) does not decide whether a code is kept.
+TOP_P_TOLERANCE = 1e-6
+
+
+def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One code per row of ``logits`` ``[N, V]``, drawn as ``sampling`` says: int64 ``[N]``.
+
+    argmax takes the most likely code. The drawing strategies first divide the logits by
+    ``sampling.temperature`` (a temperature <= ``ARGMAX_TEMPERATURE`` is argmax), then
+    roulette draws from the whole softmax, top_k among the ``top_k`` most likely codes
+    (0: all), and top_p from the smallest set of most likely codes whose probability
+    reaches ``top_p``, the code that crosses it included, renormalised.
+    Every draw goes through ``generator`` (on the logits' device), so a seeded
+    generator gives the same codes again. Computed in float32 whatever the logits' dtype.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"sample_next expects logits [N, vocab], got shape {tuple(logits.shape)}")
+    logits = logits.float()
+    if sampling.strategy == "argmax" or sampling.temperature <= ARGMAX_TEMPERATURE:
+        return logits.argmax(dim=-1)
+    scaled = logits / sampling.temperature
+    if sampling.strategy == "top_k" and 0 < sampling.top_k < scaled.shape[-1]:
+        best, codes = scaled.topk(sampling.top_k, dim=-1)
+        drawn = torch.multinomial(best.softmax(dim=-1), 1, generator=generator)
+        return codes.gather(-1, drawn).squeeze(-1)
+    probabilities = scaled.softmax(dim=-1)
+    if sampling.strategy == "top_p" and sampling.top_p < 1.0:
+        sorted_probabilities, codes = probabilities.sort(dim=-1, descending=True)
+        # A code is kept while the mass of the codes before it is still short of top_p:
+        # that keeps the code which crosses top_p and nothing after it.
+        mass_before = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities
+        keep = mass_before < sampling.top_p - TOP_P_TOLERANCE
+        keep[:, 0] = True  # the most likely code, however small top_p is
+        kept = torch.where(keep, sorted_probabilities, 0.0)
+        drawn = torch.multinomial(kept / kept.sum(dim=-1, keepdim=True), 1, generator=generator)
+        return codes.gather(-1, drawn).squeeze(-1)
+    return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
+
+
+@contextmanager
+def generating(module: nn.Module) -> Iterator[None]:
+    """Run the body in eval mode without autograd, then give ``module`` back its training flag."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        module.train(was_training)
