@@ -124,13 +124,15 @@ def print_evaluations(experiment) -> None:
         return
     done = [name for name, ok, _ in runner.completed if ok]
     print(f"evaluations:      {runner.evals_dir} ({len(done)} of {len(runner.completed)} succeeded)")
-    name, ok, message = runner.completed[-1]
-    if ok:
-        folder = runner.evals_dir / name
+    final = {name: (ok, message) for name, ok, message in runner.completed}.get(runner.final_name)
+    if final is None:
+        print(f"final checkpoint not evaluated; run: {runner.offline_hint()}")
+    elif final[0]:
+        folder = runner.evals_dir / runner.final_name
         plots = ", ".join(sorted(path.name for path in folder.glob("*.png")))
         print(f"final evaluation: {folder} (summary.json, {plots})")
     else:
-        print(f"final evaluation of {name} {message}")
+        print(f"final evaluation of {runner.final_name} {final[1]}")
 
 
 def run_test(args: argparse.Namespace) -> None:

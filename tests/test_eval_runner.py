@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from brain_gen.cli import main
+from brain_gen.config.errors import ConfigError
 from brain_gen.config.loading import load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.schema import EvalRunnerConfig
@@ -43,6 +44,10 @@ def test_two_epoch_run_evaluates_its_checkpoints_into_folders_and_tensorboard(tm
     assert folders and folders[-1].name == f"epoch=1-step={final_step}"
     logged = scalars(run_dir)
     for folder in folders:
+        if not (folder / "summary.json").exists():
+            # Stopped at the end in favour of the final checkpoint.
+            assert "cancelled" in (folder / "eval.log").read_text() and folder != folders[-1]
+            continue
         assert EVAL_FILES <= {path.name for path in folder.iterdir()}, folder
         summary = json.loads((folder / "summary.json").read_text())
         assert f"step={summary['step']}" in folder.name
@@ -104,7 +109,7 @@ def test_model_without_forecast_gets_teacher_forced_metrics_or_an_error_when_gen
 
     config["eval_runner"]["generator"] = {"enabled": True}
     config_path = write_config(tmp_path, config)
-    with pytest.raises(Exception, match="set generator.enabled: false"):
+    with pytest.raises(ConfigError, match="set generator.enabled: false"):
         ExperimentDL(config_path).train()
 
 
@@ -129,7 +134,8 @@ def test_newest_pending_checkpoint_replaces_older_ones(tmp_path, caplog):
     settings = EvalRunnerConfig(enabled=True)
     fake = (sys.executable, str(Path(__file__).with_name("slow_eval_worker.py")), "1.0")
     runner = EvalRunner(settings, run_dir, run_dir / "config.yaml", worker_command=fake)
-    runner._start_worker()
+    runner.start()
+    runner._send_setup()
     paths = []
     for step in (10, 20, 30, 40):
         path = run_dir / "checkpoints" / f"last-checkpoint-epoch={step // 10 - 1}-step={step}.ckpt"
@@ -141,11 +147,22 @@ def test_newest_pending_checkpoint_replaces_older_ones(tmp_path, caplog):
         for path in paths[1:]:
             runner._checkpoint_written(str(path))
             path.unlink()  # training deletes the older file: the evaluation still reads its link
+        deadline = time.monotonic() + 30
+        while not runner.completed and time.monotonic() < deadline:
+            time.sleep(0.05)
+            runner.poll()  # once the first one finished, the newest waiting one starts
+        for step in (50, 60):
+            path = run_dir / "checkpoints" / f"last-checkpoint-epoch={step // 10 - 1}-step={step}.ckpt"
+            path.write_bytes(b"weights")
+            runner._checkpoint_written(str(path))
+        # At the end an older evaluation would only delay the final one: it is stopped.
         runner.finish(wait=True)
-    evaluated = sorted(folder.name for folder in (run_dir / "evals").iterdir() if folder.is_dir() and not folder.name.startswith("."))
-    assert evaluated == ["epoch=0-step=10", "epoch=3-step=40"]
-    assert caplog.text.count("skipped the evaluation of") == 2
-    assert [ok for _, ok, _ in runner.completed] == [True, True], runner.completed
+    finished = sorted(path.parent.name for path in (run_dir / "evals").glob("*/job.json"))
+    assert finished == ["epoch=0-step=10", "epoch=5-step=60"]
+    assert caplog.text.count("skipped the evaluation of") == 3  # steps 20, 30 and 50
+    assert "stopped the evaluation of epoch=3-step=40 to evaluate the final checkpoint sooner" in caplog.text
+    assert [(name, ok) for name, ok, _ in runner.completed] == [("epoch=0-step=10", True), ("epoch=5-step=60", True)]
+    assert not list((run_dir / "evals").glob(".checkpoints/*"))
 
 
 def test_wait_at_end_false_cancels_and_prints_the_offline_command(tmp_path, caplog):
@@ -153,7 +170,8 @@ def test_wait_at_end_false_cancels_and_prints_the_offline_command(tmp_path, capl
     (run_dir / "checkpoints").mkdir(parents=True)
     fake = (sys.executable, str(Path(__file__).with_name("slow_eval_worker.py")), "30")
     runner = EvalRunner(EvalRunnerConfig(enabled=True, wait_at_end=False), run_dir, run_dir / "config.yaml", worker_command=fake)
-    runner._start_worker()
+    runner.start()
+    runner._send_setup()
     path = run_dir / "checkpoints" / "last-checkpoint-epoch=0-step=5.ckpt"
     path.write_bytes(b"weights")
     runner._checkpoint_written(str(path))
@@ -207,7 +225,9 @@ def test_offline_eval_bad_input_is_one_line(tmp_path, tiny_dataset, capsys, argu
 
 def test_contexts_come_from_distinct_sessions_and_are_seeded(tmp_path, tiny_dataset):
     config = load_config(eval_config(tmp_path, tiny_dataset, example_sampler={"split": "train", "num_sessions": 3, "context_length_s": 1.0, "total_length_s": 3.0}))
-    first, second = Evaluation(config).contexts, Evaluation(config).contexts
+    first, second = Evaluation(config), Evaluation(config)
+    first.warm_up(), second.warm_up()
+    first, second = first.contexts, second.contexts
     assert len(set(first.sessions)) == 3 and first.starts_s == second.starts_s
     assert first.signals.shape == (3, 4, 150)
 

@@ -424,7 +424,7 @@ class SamplingConfig(Section):
     temperature: Float = Field(
         default=1.0, ge=0, description="Logits are divided by this before drawing; 0 (or close to it) behaves as argmax."
     )
-    top_k: Int = Field(default=0, ge=0, description="Codes kept by strategy top_k (0 keeps all).")
+    top_k: Int = Field(default=0, ge=0, description="Codes kept by strategy top_k (at least 1 with that strategy).")
     top_p: Float = Field(default=0.9, gt=0, le=1, description="Probability mass kept by strategy top_p.")
 
     @model_validator(mode="after")
@@ -471,7 +471,7 @@ class EvalRunnerConfig(Section):
     """Evaluation of checkpoints while training (and offline with `brain-gen eval`)."""
 
     enabled: bool = Field(default=False, description="Evaluate last-checkpoints while training; false trains without evaluations.")
-    every_n_checkpoints: Int = Field(default=1, ge=1, description="Evaluate every Nth last-checkpoint write (the final one always).")
+    every_n_checkpoints: Int = Field(default=1, ge=1, description="Evaluate every Nth last-checkpoint write; with wait_at_end, the final one always.")
     metrics_split: Literal["val", "test"] = Field(default="val", description="Split of the teacher-forced loss and metrics.")
     max_batches: Int | None = Field(
         default=8, ge=1, description="Teacher-forced batches scored (the first ones of the split, in order); null: the whole split."
@@ -505,7 +505,8 @@ class EvalRunnerConfig(Section):
     @property
     def cloud_keys_set(self) -> list[str]:
         """The reference toolkit's cloud keys that were written (they have no effect here)."""
-        return [key for key in EVAL_CLOUD_KEYS if key in self.model_fields_set]
+        # A resolved config.yaml writes them as null: only a value counts.
+        return [key for key in EVAL_CLOUD_KEYS if getattr(self, key) is not None]
 
 
 # --------------------------------------------------------------------------- top level

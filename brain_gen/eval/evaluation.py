@@ -130,9 +130,10 @@ def draw_contexts(split: Split, settings: EvalRunnerConfig) -> Contexts:
     for index in chosen:
         slots = lengths[index] // total
         wanted = 2 if len(chosen) == 1 and slots >= 2 else 1
+        # One random shift for all slots of a session keeps its spans from overlapping.
+        shift = int(rng.integers(0, lengths[index] - slots * total + 1))
         for slot in sorted(rng.choice(slots, size=wanted, replace=False).tolist()):
-            # A random start inside the slot keeps spans of one session apart.
-            spans.append((index, slot * total + int(rng.integers(0, lengths[index] - slots * total + 1))))
+            spans.append((index, slot * total + shift))
     windows, present = zip(*(reader.read_span(index, start, total) for index, start in spans))
     return Contexts(
         signals=np.stack(windows),
@@ -278,12 +279,8 @@ class Evaluation:
             self.notices.append(notice)
             log.warning("%s", notice)
         self.generate = self.generation_mode is not None
-        if self.generate:
-            self.contexts = draw_contexts(self.splits[self.settings.example_sampler.split], self.settings)
         self.layout = self.splits[self.settings.example_sampler.split].layout
         self.sfreq = self.splits[self.settings.example_sampler.split].sfreq
-
-    # ----------------------------------------------------------------- checks
 
     # ----------------------------------------------------------------- scoring
 
@@ -301,7 +298,9 @@ class Evaluation:
         return model.to(self.device).eval(), checkpoint
 
     def warm_up(self) -> None:
-        """Read the teacher-forced batches now rather than during the first evaluation."""
+        """Read the contexts and the teacher-forced batches now rather than during the first evaluation."""
+        if self.generate and self.contexts is None:
+            self.contexts = draw_contexts(self.splits[self.settings.example_sampler.split], self.settings)
         if self._batches is None and self.settings.max_batches is not None:
             self._batches = [batch for _, batch in zip(range(self.settings.max_batches), self.loader)]
 
@@ -332,6 +331,7 @@ class Evaluation:
 
         Returns ``context [n, C, Tc]``, ``real [n, C, Tn]``, ``generated [n, R, C, Tn]``.
         """
+        self.warm_up()
         contexts, generator_settings = self.contexts, self.settings.generator
         signals = torch.from_numpy(contexts.signals)
         coded = self.code_space.encode(signals)
@@ -372,7 +372,9 @@ class Evaluation:
 
             values, details = forecast_text(model, self.loader.collate_fn, self.datasets[self.settings.example_sampler.split], codes, steps, self.settings.generator.sampling, generator)
         else:
-            values = model.forecast(codes, steps, self.settings.generator.sampling, generator)
+            # A user's forecast may not switch autograd off itself.
+            with torch.inference_mode():
+                values = model.forecast(codes, steps, self.settings.generator.sampling, generator)
         expected = (codes.shape[0], codes.shape[1], steps)
         if tuple(values.shape) != expected:
             raise ValueError(f"{type(model).__name__}.forecast returned shape {tuple(values.shape)}; expected {expected} (batch, channels, steps)")
@@ -477,17 +479,24 @@ def _to_device(value: Any, device: torch.device) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically: a reader never sees half a file."""
+    """Write strict JSON atomically (a reader never sees half a file); NaN and inf become null."""
     temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(data, indent=2, default=_plain))
+    temporary.write_text(json.dumps(_plain(data), indent=2, allow_nan=False))
     temporary.replace(path)
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+    """Plain JSON data: numpy values as Python ones, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _plain(value.tolist())
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     return str(value)

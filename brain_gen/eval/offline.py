@@ -85,7 +85,9 @@ def generate_recording(
         raise ConfigError(f"--seconds: the continuation must be longer than 0 s, got {seconds}")
     checkpoint = resolve_checkpoint(config, checkpoint_spec)
     evaluation = Evaluation(config)
-    if not evaluation.generate:
+    if evaluation.generation_mode is None:
+        if not evaluation.settings.generator.enabled:
+            raise ConfigError("eval_runner.generator.enabled: false; brain-gen generate needs it true (the default)")
         raise ConfigError(f"model_name: {config.model_name} has no forecast method; brain-gen generate needs one")
     context_seconds = context_seconds if context_seconds is not None else evaluation.settings.example_sampler.context_length_s
     split, session_index = find_session(evaluation, session)

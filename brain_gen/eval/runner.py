@@ -67,8 +67,12 @@ class EvalRunner(pl.Callback):
         self._results: Any = None
         self._worker_log = None
         self._threads = 1
+        self._setup_sent = False
+        self._buffer = b""
         self.latest_checkpoint: str | None = None
         self.completed: list[tuple[str, bool, str]] = []  # (folder name, ok, message)
+        # Set by ExperimentDL from its pre-run check: whether the model generates.
+        self.generates = True
         self._active = True
 
     # ----------------------------------------------------------------- hooks
@@ -77,10 +81,19 @@ class EvalRunner(pl.Callback):
         """Listen to the durable writes of the last-checkpoint callback."""
         checkpoint_callback.on_durable_write(self._checkpoint_written)
 
+    def start(self) -> None:
+        """Start the evaluation process now, so that its imports overlap the run's own start-up."""
+        if self._process is None:
+            self._start_worker()
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active = trainer.is_global_zero
-        if self._active:
-            self._start_worker()
+        if not self._active:
+            self._close_worker()
+            return
+        # The run's config.yaml exists by now: the process can prepare the data.
+        self.start()
+        self._send_setup()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._running is not None or self._pending is not None:
@@ -119,7 +132,8 @@ class EvalRunner(pl.Callback):
             return None  # already evaluated or on its way
         links = self.evals_dir / ".checkpoints"
         links.mkdir(parents=True, exist_ok=True)
-        link = links / Path(path).name
+        # Not named like a checkpoint, so that `resume_from: last` and `--ckpt last` never pick it.
+        link = links / f"evaluating-{name}.ckpt"
         link.unlink(missing_ok=True)
         try:
             os.link(path, link)
@@ -131,17 +145,31 @@ class EvalRunner(pl.Callback):
         """Collect a finished evaluation, stop one past its timeout, and start the next one."""
         with self._lock:
             running = self._running
+            # Whatever goes wrong with an evaluation, training goes on.
             if running is not None:
-                self._collect(running)
+                try:
+                    self._collect(running)
+                except Exception as error:
+                    self._running = None
+                    self._report(running, False, f"could not be collected ({type(error).__name__}: {error})")
+                    self._close_worker()
             if self._running is None and self._pending is not None:
-                self._launch(self._pending)
-                self._pending = None
+                job, self._pending = self._pending, None
+                try:
+                    self._launch(job)
+                except Exception as error:
+                    self._running = None
+                    self._report(job, False, f"could not be started ({type(error).__name__}: {error}); see {self.evals_dir / 'worker.log'}")
+                    self._close_worker()
 
     def _collect(self, job: _Job) -> None:
         answer = self._read_answer()
         if answer is not None:
             self._running = None
-            if answer.get("ok"):
+            if answer.get("cancelled"):
+                Path(job.link).unlink(missing_ok=True)
+                log.info("eval_runner: stopped the evaluation of %s to evaluate the final checkpoint sooner", job.name)
+            elif answer.get("ok"):
                 self._report(job, True, f"done in {time.monotonic() - job.started:.0f} s: {job.out_dir}")
             else:
                 self._report(job, False, f"failed ({answer.get('error')}); see {job.out_dir / 'eval.log'}")
@@ -165,7 +193,9 @@ class EvalRunner(pl.Callback):
 
     def _launch(self, job: _Job) -> None:
         if self._process is None or self._process.poll() is not None:
+            self._close_worker()
             self._start_worker()
+            self._send_setup()
         job.out_dir.mkdir(parents=True, exist_ok=True)
         job.started = time.monotonic()
         message = {
@@ -175,10 +205,11 @@ class EvalRunner(pl.Callback):
             "tensorboard_dir": str(self.run_dir),
             "threads": self._threads,
             "remove_checkpoint": True,
+            "name": job.name,
+            "cancel_file": str(self.evals_dir / ".cancel"),
         }
         try:
-            self._process.stdin.write(json.dumps(message) + "\n")
-            self._process.stdin.flush()
+            self._write(message)
         except OSError as error:
             self._report(job, False, f"could not be started ({error}); see {self.evals_dir / 'worker.log'}")
             self._close_worker()
@@ -188,19 +219,31 @@ class EvalRunner(pl.Callback):
 
     # ----------------------------------------------------------------- the process
 
+    def _write(self, message: dict[str, Any]) -> None:
+        self._process.stdin.write(json.dumps(message) + "\n")
+        self._process.stdin.flush()
+
+    def _send_setup(self) -> None:
+        if not self._setup_sent:
+            self._setup_sent = True
+            self._write({"config": str(self.config_path)})
+
     def _start_worker(self) -> None:
         self.evals_dir.mkdir(parents=True, exist_ok=True)
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
         self._worker_log = open(self.evals_dir / "worker.log", "a")
-        # A session of its own: Ctrl-C in the terminal reaches training, which decides what to stop.
+        # A process group of its own, so that Ctrl-C in the terminal reaches training, which
+        # decides what to stop. Not a session of its own: with the kernel's autogroup
+        # scheduling, each session gets a fair share of the CPU whatever its niceness, so a
+        # new session would compete with training as an equal.
         self._process = subprocess.Popen(
-            [*self.worker_command, "--config", str(self.config_path), "--result-fd", str(write_end)],
+            [*self.worker_command, "--result-fd", str(write_end)],
             stdin=subprocess.PIPE,
             stdout=self._worker_log,
             stderr=subprocess.STDOUT,
             pass_fds=(write_end,),
-            start_new_session=True,
+            process_group=0,
             text=True,
             # numpy's BLAS would start a thread per core beside training; torch's threads are set per job.
             env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
@@ -208,6 +251,7 @@ class EvalRunner(pl.Callback):
         os.close(write_end)
         self._results = read_end
         self._buffer = b""
+        self._setup_sent = False
 
     def _read_answer(self) -> dict[str, Any] | None:
         try:
@@ -239,8 +283,17 @@ class EvalRunner(pl.Callback):
     # ----------------------------------------------------------------- end of training
 
     def offline_hint(self) -> str:
+        """The command that runs the final checkpoint's evaluation later."""
         checkpoint = self.latest_checkpoint or "<checkpoint>"
-        return f"brain-gen eval {self.config_path} --ckpt {checkpoint}"
+        # The run's config.yaml writes every default, generator.enabled included; a model
+        # the run could not let generate needs it switched off there.
+        extra = "" if self.generates else " --set eval_runner.generator.enabled=false"
+        return f"brain-gen eval {self.config_path} --ckpt {checkpoint}{extra}"
+
+    @property
+    def final_name(self) -> str | None:
+        """The evaluation folder name of the newest last-checkpoint."""
+        return evaluation_folder_name(self.latest_checkpoint, 0, 0) if self.latest_checkpoint else None
 
     def finish(self, wait: bool | None = None) -> None:
         """After fit: evaluate the final checkpoint and wait for it, or cancel everything.
@@ -260,6 +313,14 @@ class EvalRunner(pl.Callback):
         with self._lock:
             if self.latest_checkpoint is not None:
                 self._queue(self.latest_checkpoint)
+            # An older checkpoint's evaluation would only delay the final one: stop it, keeping the warm process.
+            running, pending = self._running, self._pending
+            if running is not None and pending is not None and self._process is not None:
+                # Named in a file, so that the signal can never stop another job than this one,
+                # even when it arrives before the process has read this job or after it finished.
+                (self.evals_dir / ".cancel").write_text(running.name)
+                with contextlib.suppress(OSError):
+                    os.kill(self._process.pid, signal.SIGUSR1)
         self.poll()
         shown = 0.0
         started = time.monotonic()
@@ -303,6 +364,7 @@ class EvalRunner(pl.Callback):
         self._remove_link_folder()
 
     def _remove_link_folder(self) -> None:
+        (self.evals_dir / ".cancel").unlink(missing_ok=True)
         links = self.evals_dir / ".checkpoints"
         if links.is_dir() and not any(links.iterdir()):
             links.rmdir()

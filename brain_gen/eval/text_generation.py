@@ -26,7 +26,7 @@ MAX_ROUNDS = 4
 class ChannelTracker:
     """Which channel each newly generated token belongs to, from the text so far (for TextGPT.forecast)."""
 
-    def __init__(self, collate: Any, channels: int, group_size: int, context_ids: np.ndarray):
+    def __init__(self, collate: Any, channels: int, group_size: int):
         tokenizer, special = collate.tokenizer, collate.special_tokens
         self.use_separator = collate.use_separator
         self.token_chars = collate.token_chars
@@ -126,7 +126,7 @@ def forecast_text(model: Any, collate: Any, dataset: Any, codes: torch.Tensor, s
         generated: list[int] = []
         groups: list[np.ndarray | None] = []
         # One tracker for all rounds: each round continues the text where the last one stopped.
-        tracker = ChannelTracker(collate, channels, group_size, ids)
+        tracker = ChannelTracker(collate, channels, group_size)
         for _ in range(MAX_ROUNDS):
             missing = needed - len(groups)
             if missing <= 0:

@@ -1,10 +1,13 @@
-"""The evaluation process: ``python -m brain_gen.eval.worker --config RUN/config.yaml --result-fd N``.
+"""The evaluation process: ``python -m brain_gen.eval.worker --result-fd N``.
 
 Started by EvalRunner beside training, at the lowest CPU priority and with few torch
-threads. It builds what every evaluation of the run shares once (datasets, contexts,
-teacher-forced batches), then reads one JSON job per line on stdin, evaluates it
+threads. It imports what evaluations need, reads the run's config path as the first
+JSON line on stdin (``{"config": PATH}``), builds what every evaluation of the run
+shares once (datasets, contexts, teacher-forced batches), then reads one JSON job
+per line, evaluates it
 with its stdout and stderr going to that job's ``eval.log``, and answers one JSON
-line on the result pipe: ``{"ok": true}`` or ``{"ok": false, "error": "..."}``.
+line on the result pipe: ``{"ok": true}``, ``{"ok": false, "error": "..."}``, or
+``{"ok": false, "cancelled": true}`` when SIGUSR1 stopped the job.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -34,37 +38,70 @@ def output_to(path: Path):
             os.close(saved[0]), os.close(saved[1])
 
 
+def lower_priority() -> None:
+    """Let training win the CPU: the idle scheduling class where Linux has it, else nice 19.
+
+    Under SCHED_IDLE this process runs only when no normal task of the same
+    scheduling group wants the core, which nice 19 alone does not ensure.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(19)
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def one_line(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())
 
 
+class Cancelled(BaseException):
+    """Raised inside a job when the runner asks (SIGUSR1) to drop it for a newer checkpoint."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brain_gen.eval.worker")
-    parser.add_argument("--config", required=True)
     parser.add_argument("--result-fd", type=int, required=True)
     args = parser.parse_args(argv)
-    with contextlib.suppress(OSError, AttributeError):
-        os.nice(19)  # beside training, training wins the CPU
+    lower_priority()
+    # Ctrl-C belongs to training, which stops this process itself when it must.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    in_job, job = False, {}
+
+    def cancelled() -> bool:
+        """Whether the runner named the current job in its cancel file."""
+        try:
+            return Path(job["cancel_file"]).read_text() == job["name"]
+        except (KeyError, OSError):
+            return False
+
+    def cancel(signum, frame):
+        if in_job and cancelled():
+            raise Cancelled()
+
+    signal.signal(signal.SIGUSR1, cancel)
+    # Heavy imports first, before the run's config exists: they overlap the training
+    # process's own start-up, which leaves a core idle.
     import torch
 
     torch.set_num_threads(1)
+    import brain_gen.eval.analyses  # noqa: F401
+    import brain_gen.eval.plots  # noqa: F401
+    from brain_gen.config.loading import load_config
+    from brain_gen.eval.evaluation import Evaluation
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("brain_gen").addHandler(handler)
     logging.getLogger("brain_gen").setLevel(logging.INFO)
     results = os.fdopen(args.result_fd, "w", buffering=1)
 
-    from brain_gen.config.loading import load_config
-    from brain_gen.eval.evaluation import Evaluation
-
+    # The first line names the run's config.yaml; every later line is a job.
+    setup = json.loads(sys.stdin.readline() or "{}")
     evaluation, setup_error = None, None
     try:
         # The run checked its trainer keys already; skipping that keeps Lightning out of this process.
-        evaluation = Evaluation(load_config(args.config, check_trainer=False), strict=False)
+        evaluation = Evaluation(load_config(setup["config"], check_trainer=False), strict=False)
         evaluation.warm_up()
-        # Touch what the first evaluation would otherwise import and build while training waits.
-        import brain_gen.eval.analyses  # noqa: F401
-        import brain_gen.eval.plots  # noqa: F401
     except Exception as error:  # reported with every job: the worker must keep answering
         setup_error = error
         traceback.print_exc()
@@ -74,17 +111,26 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         with output_to(out_dir / "eval.log"):
             try:
+                in_job = True
+                if cancelled():  # the signal came before this job was read
+                    raise Cancelled()
                 if setup_error is not None:
                     raise setup_error
                 torch.set_num_threads(int(job.get("threads", 1)))
                 print(f"evaluating {job['source']} into {out_dir}", flush=True)
                 summary = evaluation.evaluate(job["checkpoint"], out_dir, job.get("tensorboard_dir"), source=job["source"])
+                in_job = False
                 print(f"done in {summary['wall_time_s']:.1f} s", flush=True)
                 answer = {"ok": True, "loss": summary["loss"]}
+            except Cancelled:
+                print("cancelled: a newer checkpoint is evaluated instead", flush=True)
+                answer = {"ok": False, "cancelled": True}
             except Exception as error:
+                in_job = False
                 traceback.print_exc()
                 answer = {"ok": False, "error": one_line(error)}
             finally:
+                in_job = False
                 if job.get("remove_checkpoint"):
                     Path(job["checkpoint"]).unlink(missing_ok=True)
         results.write(json.dumps(answer) + "\n")

@@ -156,8 +156,11 @@ class ExperimentDL:
         self._check_monitors()
         if self.evaluates:
             # Found now, not when the first evaluation fails after an epoch of training.
-            for notice in check_evaluation_fits(config, self.splits, self.datasets, model_class, loss):
+            notices = check_evaluation_fits(config, self.splits, self.datasets, model_class, loss)
+            for notice in notices:
                 log.warning("%s", notice)
+            if self.eval_runner is not None:
+                self.eval_runner.generates = not notices
 
     def _check_monitors(self) -> None:
         """Every metric a config key monitors must be one the run logs, checked before training."""
@@ -245,6 +248,8 @@ class ExperimentDL:
         logger = BoundedFlushTensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name, default_hp_metric=False)
         # The Trainer checks accelerator, devices and precision: before data is read.
         trainer = self._build_trainer(logger)
+        if self.eval_runner is not None and trainer.is_global_zero:
+            self.eval_runner.start()
         self.build()
         if len(self.datasets["val"]) == 0:
             log.warning(
