@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     import brain_gen.eval.analyses  # noqa: F401
     import brain_gen.eval.plots  # noqa: F401
+    import brain_gen.eval.tensorboard  # noqa: F401
+    import brain_gen.losses.next_step  # noqa: F401  (torchmetrics: seconds of imports)
     from brain_gen.config.loading import load_config
     from brain_gen.eval.evaluation import Evaluation
 
