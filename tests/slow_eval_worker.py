@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-seconds = float(sys.argv[1])
+# "crash" exits with code 3 on the first job, like a process killed mid-evaluation.
+crash = sys.argv[1] == "crash"
+seconds = 0.0 if crash else float(sys.argv[1])
 result_fd = int(sys.argv[sys.argv.index("--result-fd") + 1])
 job = {}
 
@@ -33,6 +35,8 @@ with os.fdopen(result_fd, "w", buffering=1) as results:
     sys.stdin.readline()  # the setup line: the run's config
     for line in sys.stdin:
         job = json.loads(line)
+        if crash:
+            sys.exit(3)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not cancelled():
             time.sleep(0.01)

@@ -300,3 +300,33 @@ def test_other_generative_models_are_evaluated_offline(tmp_path, tiny_dataset, c
     assert main(["eval", str(config_path), "--ckpt", "last", "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["generation"]["mode"] == mode and "psd_distance_db" in summary["analyses"]["scalars"]
+
+
+@pytest.mark.parametrize(
+    "worker_seconds, timeout_minutes, expected",
+    [
+        ("crash", 30.0, "the evaluation process exited with code 3"),
+        ("30", 0.002, "stopped after eval_runner.timeout_minutes=0.002"),
+    ],
+)
+def test_a_crashed_or_overdue_evaluation_is_reported_and_the_next_one_gets_a_fresh_process(tmp_path, caplog, worker_seconds, timeout_minutes, expected):
+    run_dir = tmp_path / "version_0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    fake = (sys.executable, str(Path(__file__).with_name("slow_eval_worker.py")), worker_seconds)
+    runner = EvalRunner(EvalRunnerConfig(enabled=True, timeout_minutes=timeout_minutes), run_dir, run_dir / "config.yaml", worker_command=fake)
+    runner.start()
+    runner._send_setup()
+    path = run_dir / "checkpoints" / "last-checkpoint-epoch=0-step=5.ckpt"
+    path.write_bytes(b"weights")
+    with caplog.at_level(logging.INFO):
+        runner._checkpoint_written(str(path))
+        runner.poll()
+        first_process = runner._process
+        deadline = time.monotonic() + 20
+        while not runner.completed and time.monotonic() < deadline:
+            time.sleep(0.05)
+            runner.poll()
+        assert runner.completed and not runner.completed[0][1]
+        assert f"{expected}" in caplog.text and str(run_dir / "evals" / "epoch=0-step=5" / "eval.log") in caplog.text
+        assert runner._process is None and first_process.poll() is not None
+    runner.cancel()

@@ -369,11 +369,19 @@ def prepare_all(inputs: list[str | Path], out_root: str | Path, settings: Prepar
                                 lost.append(index)
                 return lost
 
+            # Sessions there before this run: only these may come back "skipped".
+            existed = {index for index, recording in enumerate(recordings) if (out_root / recording.name / "meta.json").is_file()}
             # A worker that crashes (segfault, out of memory) breaks the whole pool: the
             # recordings it took down are retried one per process, so only the culprit fails.
             for index in run_pool(list(range(len(recordings))), jobs):
+                recording = recordings[index]
+                target = out_root / recording.name
+                if index not in existed and (target / "meta.json").is_file():
+                    # Finished (its session is complete) before the pool broke, only its result was lost.
+                    outcomes[index] = Outcome(str(recording.path), recording.name, "done", str(target))
+                    bars[index].set_postfix_str("done")
+                    continue
                 if run_pool([index], 1):
-                    recording = recordings[index]
                     reason = "the worker process died while preparing it (a crash, or out of memory)"
                     outcomes[index] = Outcome(str(recording.path), recording.name, "failed", reason)
                     bars[index].set_postfix_str("failed")
