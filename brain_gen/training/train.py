@@ -188,19 +188,19 @@ class ExperimentDL:
         self.build()
         return self.datamodule.make_loader(split)
 
-    def _build_trainer(self, logger: TensorBoardLogger | bool) -> pl.Trainer:
+    def _build_trainer(self, logger: TensorBoardLogger | bool, fitting: bool = False) -> pl.Trainer:
         trainer_config = self.config.trainer
         kwargs = trainer_config.lightning_kwargs
         callbacks: list[pl.Callback] = []
         if logger and kwargs.get("enable_checkpointing", True) is not False:
             checkpoints = checkpoint_callbacks(Path(logger.log_dir) / "checkpoints", trainer_config.checkpoint_cadence_epochs)
             callbacks.extend(checkpoints)
-            if self.evaluates:
+            if self.evaluates and fitting:
                 run_dir = Path(logger.log_dir)
                 self.eval_runner = EvalRunner(self.config.eval_runner, run_dir, run_dir / "config.yaml")
                 self.eval_runner.attach(checkpoints[-1])
                 callbacks.append(self.eval_runner)
-        elif self.evaluates and logger:
+        elif self.evaluates and logger and fitting:
             raise ConfigError("eval_runner.enabled: evaluations read the last-checkpoints, but trainer.enable_checkpointing is false; enable one or the other")
         stopping = early_stopping(trainer_config.early_stopping)
         if stopping is not None:
@@ -242,15 +242,21 @@ class ExperimentDL:
             return
         trainer.callbacks.insert(0, finder)
 
-    def _start_run(self) -> pl.Trainer:
+    def _start_run(self, fitting: bool = False) -> pl.Trainer:
         """A Trainer logging into a new version folder, with the resolved config saved there."""
         self._stop_on_pending_features()
         logger = BoundedFlushTensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name, default_hp_metric=False)
         # The Trainer checks accelerator, devices and precision: before data is read.
-        trainer = self._build_trainer(logger)
+        # Evaluations follow the checkpoints of fitting; a test run has none.
+        trainer = self._build_trainer(logger, fitting)
         if self.eval_runner is not None and trainer.is_global_zero:
             self.eval_runner.start()
-        self.build()
+        try:
+            self.build()
+        except BaseException:
+            if self.eval_runner is not None:
+                self.eval_runner.cancel()  # the run stops before it starts: so does its evaluation process
+            raise
         if len(self.datasets["val"]) == 0:
             log.warning(
                 "the validation split has no windows (datasplitter.val_ratio is 0 or its sessions are too short): "
@@ -269,7 +275,7 @@ class ExperimentDL:
 
     def train(self) -> pl.Trainer:
         """Fit on the train split, validating on the val split; continue from resume_from if set."""
-        trainer = self._start_run()
+        trainer = self._start_run(fitting=True)
         log.info("run folder: %s", trainer.logger.log_dir)
         try:
             if self.config.trainer.validate_before_resume and self.config.resume_from:
