@@ -30,13 +30,13 @@ from brain_gen.dataset.loaders import BUILTIN_LOADERS, loader_extras, make_loade
 from brain_gen.dataset.mulaw import mu_law_decode, mu_law_encode
 from brain_gen.dataset.splitter import DataSplitter, Split
 from brain_gen.losses import LOSSES
-from brain_gen.models import MODELS, call_model
+from brain_gen.losses.next_step import MSE
+from brain_gen.models import COMPILED_PREFIX, MODELS, call_model
 
 log = logging.getLogger(__name__)
 
-# Prefixes of model weights inside a LitModel checkpoint (compiled models add the second).
+# Prefix of the model's weights inside a LitModel checkpoint.
 STATE_PREFIX = "model."
-COMPILED_PREFIX = "_orig_mod."
 CHECKPOINT_NAME = re.compile(r"epoch=(\d+)-step=(\d+)")
 
 
@@ -66,8 +66,7 @@ def model_state(checkpoint: dict[str, Any], path: str | Path) -> dict[str, torch
     weights = {}
     for name, value in state.items():
         if name.startswith(STATE_PREFIX):
-            name = name[len(STATE_PREFIX) :]
-            weights[name[len(COMPILED_PREFIX) :] if name.startswith(COMPILED_PREFIX) else name] = value
+            weights[name[len(STATE_PREFIX) :].replace(COMPILED_PREFIX, "")] = value
     if not weights:
         raise ConfigError(f"--ckpt: {path} holds no model.* weights; it is not a brain-gen training checkpoint")
     return weights
@@ -209,7 +208,7 @@ def generation_mode(config: ExperimentConfig, model_class: type, loss: Any, data
         return None, None
     if hasattr(model_class, "forecast"):
         return ("text" if getattr(dataset, "alphabet", None) is not None else "forecast"), None
-    if not CodeSpace(dataset).codes and isinstance(loss, _mse_class()):
+    if not CodeSpace(dataset).codes and isinstance(loss, MSE):
         return "iterate", None
     message = f"model_name: {config.model_name} has no forecast method, so it cannot generate continuations"
     if strict and settings.generator.explicitly_set("enabled"):
@@ -352,7 +351,7 @@ class Evaluation:
             values, batch_details = self.continue_codes(model, batch, steps, generator)
             for name, count in batch_details.items():
                 details[name] = details.get(name, 0) + count
-            continuation = self.code_space.decode(values.detach().cpu()).numpy()
+            continuation = self.code_space.decode(values).numpy()
             for row, (index, rollout) in enumerate(batch_jobs):
                 generated[index, rollout] = continuation[row]
         if "groups" in details:
@@ -462,12 +461,6 @@ class Evaluation:
 
         write_events(Path(tensorboard_dir or out_dir), step, scalars, {f"eval/{name}": images[name] for name in ("psd", "examples") if name in images})
         return summary
-
-
-def _mse_class():
-    from brain_gen.losses.next_step import MSE
-
-    return MSE
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

@@ -150,17 +150,13 @@ class EvalRunner(pl.Callback):
                 try:
                     self._collect(running)
                 except Exception as error:
-                    self._running = None
-                    self._report(running, False, f"could not be collected ({type(error).__name__}: {error})")
-                    self._close_worker()
+                    self._fail(running, f"could not be collected ({type(error).__name__}: {error})")
             if self._running is None and self._pending is not None:
                 job, self._pending = self._pending, None
                 try:
                     self._launch(job)
                 except Exception as error:
-                    self._running = None
-                    self._report(job, False, f"could not be started ({type(error).__name__}: {error}); see {self.evals_dir / 'worker.log'}")
-                    self._close_worker()
+                    self._fail(job, f"could not be started ({type(error).__name__}: {error}); see {self.evals_dir / 'worker.log'}")
 
     def _collect(self, job: _Job) -> None:
         answer = self._read_answer()
@@ -175,13 +171,15 @@ class EvalRunner(pl.Callback):
                 self._report(job, False, f"failed ({answer.get('error')}); see {job.out_dir / 'eval.log'}")
             return
         if self._process.poll() is not None:
-            self._running = None
-            self._report(job, False, f"the evaluation process exited with code {self._process.returncode}; see {job.out_dir / 'eval.log'}")
-            self._close_worker()
+            self._fail(job, f"the evaluation process exited with code {self._process.returncode}; see {job.out_dir / 'eval.log'}")
         elif time.monotonic() - job.started > self.settings.timeout_minutes * 60:
-            self._running = None
-            self._report(job, False, f"stopped after eval_runner.timeout_minutes={self.settings.timeout_minutes:g}; see {job.out_dir / 'eval.log'}")
-            self._close_worker()
+            self._fail(job, f"stopped after eval_runner.timeout_minutes={self.settings.timeout_minutes:g}; see {job.out_dir / 'eval.log'}")
+
+    def _fail(self, job: _Job, message: str) -> None:
+        """Report a failed evaluation and stop its process: the next one gets a fresh process."""
+        self._running = None
+        self._report(job, False, message)
+        self._close_worker()
 
     def _report(self, job: _Job, ok: bool, message: str) -> None:
         Path(job.link).unlink(missing_ok=True)
@@ -208,12 +206,7 @@ class EvalRunner(pl.Callback):
             "name": job.name,
             "cancel_file": str(self.evals_dir / ".cancel"),
         }
-        try:
-            self._write(message)
-        except OSError as error:
-            self._report(job, False, f"could not be started ({error}); see {self.evals_dir / 'worker.log'}")
-            self._close_worker()
-            return
+        self._write(message)  # a failure is reported by poll()
         self._running = job
         log.info("eval_runner: evaluating %s in the background", job.name)
 

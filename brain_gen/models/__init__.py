@@ -10,6 +10,9 @@ MODELS = {
     "WaveNet": "brain_gen.models.wavenet:WaveNet",
 }
 
+# Prefix torch.compile puts on parameter names when a compiled module itself is saved.
+COMPILED_PREFIX = "_orig_mod."
+
 
 def call_model(model, inputs: Any) -> Any:
     """Run a model on a batch's inputs; a tuple of inputs becomes positional arguments."""

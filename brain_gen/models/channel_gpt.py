@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from brain_gen.config.schema import SamplingConfig
-from brain_gen.models.sampling import generating, sample_next
+from brain_gen.models.sampling import check_code_context, generating, sample_next
 from brain_gen.models.transformer import CausalTransformer, init_weights
 
 
@@ -178,11 +178,7 @@ class ChannelGPT(nn.Module):
         reference of the cached path). Runs in eval mode without autograd and leaves
         the training flag as it was.
         """
-        if context.dim() != 3 or context.shape[1] != self.num_channels or context.is_floating_point() or context.shape[2] < 1:
-            raise ValueError(
-                f"ChannelGPT.forecast expects int64 codes [batch, {self.num_channels}, time >= 1], "
-                f"got {context.dtype} {tuple(context.shape)}"
-            )
+        check_code_context(self, context)
         sampling = sampling or SamplingConfig()
         batch, channels, time = context.shape
         with generating(self):

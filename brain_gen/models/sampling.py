@@ -63,3 +63,12 @@ def generating(module: nn.Module) -> Iterator[None]:
             yield
     finally:
         module.train(was_training)
+
+
+def check_code_context(model: nn.Module, context: torch.Tensor) -> None:
+    """Refuse a forecast context that is not int64 codes ``[batch, model.num_channels, time >= 1]``."""
+    if context.dim() != 3 or context.shape[1] != model.num_channels or context.is_floating_point() or context.shape[2] < 1:
+        raise ValueError(
+            f"{type(model).__name__}.forecast expects int64 codes [batch, {model.num_channels}, time >= 1], "
+            f"got {context.dtype} {tuple(context.shape)}"
+        )

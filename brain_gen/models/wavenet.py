@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brain_gen.config.schema import SamplingConfig
-from brain_gen.models.sampling import generating, sample_next
+from brain_gen.models.sampling import check_code_context, generating, sample_next
 
 
 class GatedResidualLayer(nn.Module):
@@ -130,10 +130,7 @@ class WaveNet(nn.Module):
         whole sequence so far at every step (slow; the reference). Runs in eval mode
         without autograd and leaves the training flag as it was.
         """
-        if context.dim() != 3 or context.shape[1] != self.num_channels or context.is_floating_point() or context.shape[2] < 1:
-            raise ValueError(
-                f"WaveNet.forecast expects int64 codes [batch, {self.num_channels}, time >= 1], got {context.dtype} {tuple(context.shape)}"
-            )
+        check_code_context(self, context)
         sampling = sampling or SamplingConfig()
         batch, channels, time = context.shape
 

@@ -21,12 +21,10 @@ from torch.optim import lr_scheduler as torch_schedulers
 from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.registry import check_arguments
 from brain_gen.config.schema import LightningConfig
-from brain_gen.models import call_model
+from brain_gen.models import COMPILED_PREFIX, call_model
 
 log = logging.getLogger(__name__)
 
-# Prefix torch.compile puts on parameter names when a compiled module itself is saved.
-COMPILED_PREFIX = "_orig_mod."
 
 
 def scheduler_classes() -> dict[str, type]:
