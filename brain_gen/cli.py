@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from brain_gen.config.errors import BrainGenError, ConfigError
-from brain_gen.dataset.text import DEFAULT_SPECIAL_TOKENS
+from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS
+from brain_gen.eval.process import start_early, stop_worker
 
 EXIT_BAD_INPUT = 2
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> None:
     from brain_gen.training.train import ExperimentDL
 
-    experiment = ExperimentDL(args.config, args.overrides)
+    experiment = ExperimentDL(args.config, args.overrides, eval_process=args.eval_process)
     trainer = experiment.train()
     print(f"logs and checkpoints: {trainer.logger.log_dir}")
     print_evaluations(experiment)
@@ -211,11 +212,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
 
 
-def run_demo(args: argparse.Namespace) -> None:
+def demo_files(out: str) -> Path:
+    """The demo's datasets and config under ``out`` (made once); returns the config's path."""
     from brain_gen.demo import demo_config, make_evoked_dataset, make_synthetic_dataset
-    from brain_gen.training.train import ExperimentDL
 
-    out_dir = Path(args.out).resolve()
+    out_dir = Path(out).resolve()
     data_dir = out_dir / "data"
     if not data_dir.is_dir():
         print(f"generating the demo dataset in {data_dir}")
@@ -226,7 +227,14 @@ def run_demo(args: argparse.Namespace) -> None:
     config_path = out_dir / "demo.yaml"
     if not config_path.exists():
         config_path.write_text(yaml.safe_dump(demo_config(), sort_keys=False))
-    experiment = ExperimentDL(config_path, args.overrides)
+    return config_path
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from brain_gen.training.train import ExperimentDL
+
+    config_path = args.config  # written by demo_files()
+    experiment = ExperimentDL(config_path, args.overrides, eval_process=args.eval_process)
     trainer = experiment.train()
     run_dir = Path(trainer.logger.log_dir)
     val_loss = trainer.callback_metrics.get("val/loss")
@@ -289,16 +297,28 @@ def console_logging():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        args.config = demo_files(args.out)
+    # A run that evaluates its checkpoints starts its evaluation process now: it imports
+    # torch and its other heavy modules on one core while this process imports Lightning
+    # on the other, instead of waiting for training to leave a core idle.
+    args.eval_process = start_early(args.config, args.overrides) if args.command in ("train", "demo") else None
     import pytorch_lightning  # noqa: F401  (its loggers must exist before they are redirected)
 
-    with console_logging():
-        try:
-            exit_code = COMMANDS[args.command](args)
-        except BrainGenError as exc:
-            if args.debug:
-                raise
-            print(f"brain-gen: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+    try:
+        with console_logging():
+            try:
+                exit_code = COMMANDS[args.command](args)
+            except BrainGenError as exc:
+                if args.debug:
+                    raise
+                print(f"brain-gen: error: {exc}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+    finally:
+        if args.eval_process is not None:
+            # A run that adopted it stopped it already; one that stopped before fitting did not.
+            stop_worker(args.eval_process)
+            Path(args.eval_process.log.name).unlink(missing_ok=True)
     return exit_code or 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from brain_gen import cli
 from brain_gen.cli import main
 from brain_gen.config.errors import ConfigError
 from brain_gen.config.loading import load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.schema import EvalRunnerConfig
 from brain_gen.eval.evaluation import Evaluation
+from brain_gen.eval.process import start_early
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
@@ -321,12 +324,53 @@ def test_a_crashed_or_overdue_evaluation_is_reported_and_the_next_one_gets_a_fre
     with caplog.at_level(logging.INFO):
         runner._checkpoint_written(str(path))
         runner.poll()
-        first_process = runner._process
+        first_process = runner._worker.process
         deadline = time.monotonic() + 20
         while not runner.completed and time.monotonic() < deadline:
             time.sleep(0.05)
             runner.poll()
         assert runner.completed and not runner.completed[0][1]
         assert f"{expected}" in caplog.text and str(run_dir / "evals" / "epoch=0-step=5" / "eval.log") in caplog.text
-        assert runner._process is None and first_process.poll() is not None
+        assert runner._worker is None and first_process.poll() is not None
     runner.cancel()
+
+
+def test_an_evaluation_process_started_before_the_run_is_adopted_and_its_early_log_folded_in(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = eval_config(tmp_path, tiny_dataset)
+    config["trainer"]["max_epochs"] = 1
+    config_path = write_config(tmp_path, config)
+    process = start_early(config_path)
+    assert process is not None and process.process.poll() is None
+    early_log = Path(process.log.name)
+    assert early_log.parent == tmp_path
+    process.log.write("written before the run folder existed\n")
+    process.log.flush()
+    experiment = ExperimentDL(config_path, eval_process=process)
+    trainer = experiment.train()
+    runner = experiment.eval_runner
+    final = f"epoch=0-step={trainer.global_step}"
+    assert runner.completed[-1][:2] == (final, True)
+    # The run stopped the process it adopted, and kept what it wrote early in worker.log.
+    assert process.stopped and process.process.returncode is not None
+    assert not early_log.exists()
+    assert "written before the run folder existed" in (runner.evals_dir / "worker.log").read_text()
+    assert EVAL_FILES <= {path.name for path in (runner.evals_dir / final).iterdir()}
+
+
+def test_no_early_process_for_runs_without_evaluations_or_with_a_broken_config(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, eval_runner={"enabled": False})
+    assert start_early(write_config(tmp_path, config)) is None
+    assert start_early(write_config(tmp_path, config), ["eval_runner.enabeld=true"]) is None  # the run reports that key
+
+
+def test_a_run_that_stops_before_fitting_stops_the_early_process(tmp_path, tiny_dataset, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    started = []
+    monkeypatch.setattr(cli, "start_early", lambda *args: started.append(start_early(*args)) or started[-1])
+    config = eval_config(tmp_path, tiny_dataset)
+    config["resume_from"] = str(tmp_path / "missing.ckpt")
+    assert main(["train", str(write_config(tmp_path, config))]) == 2
+    assert "resume_from" in capsys.readouterr().err
+    assert started[0] is not None and started[0].stopped and started[0].process.returncode is not None
+    assert not list(tmp_path.glob("brain-gen-eval-*.log"))

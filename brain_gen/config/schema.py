@@ -25,6 +25,10 @@ Float = Annotated[float, BeforeValidator(_reject_bool)]
 PositiveFloat = Annotated[float, BeforeValidator(_reject_bool), Field(gt=0)]
 
 
+# Special tokens of the BPE tokenizers that `brain-gen tokenizer-text` trains (role -> token).
+# Here rather than in brain_gen.dataset.text so that the command line reads them without importing torch.
+DEFAULT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "sep_token": "[SEP]", "bos_token": "[BOS]", "unk_token": "[UNK]"}
+
 class Section(BaseModel):
     """Base for config sections: unknown keys are errors, values are re-checked on assignment."""
 

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from brain_gen.config.errors import ConfigError
+from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS
 from brain_gen.dataset.datasets import IGNORE_INDEX, ChunkDataset
 from brain_gen.dataset.mulaw import mu_law_encode
 from brain_gen.dataset.splitter import Split
@@ -28,7 +29,6 @@ from brain_gen.dataset.splitter import Split
 # Codes map to Latin Extended and later letters: never whitespace, never a special token.
 CODE_CHAR_OFFSET = 0x100
 SPECIAL_TOKEN_ROLES = ("pad_token", "sep_token", "bos_token", "unk_token")
-DEFAULT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "sep_token": "[SEP]", "bos_token": "[BOS]", "unk_token": "[UNK]"}
 TOKENIZER_FILE = "tokenizer.json"
 NO_CHANNEL = -1
 

@@ -9,11 +9,13 @@ Nothing here imports Lightning: an evaluation process starts in a few seconds.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,7 +381,14 @@ class Evaluation:
             raise ValueError(f"{type(model).__name__}.forecast returned shape {tuple(values.shape)}; expected {expected} (batch, channels, steps)")
         return values.detach().cpu(), details
 
-    def evaluate(self, checkpoint_path: str | Path, out_dir: str | Path, tensorboard_dir: str | Path | None = None, source: str | Path | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        checkpoint_path: str | Path,
+        out_dir: str | Path,
+        tensorboard_dir: str | Path | None = None,
+        source: str | Path | None = None,
+        concurrent: bool = False,
+    ) -> dict[str, Any]:
         """Score one checkpoint and write every output file into ``out_dir``; returns the summary.
 
         Args:
@@ -387,10 +396,11 @@ class Evaluation:
             out_dir: the evaluation's folder (created).
             tensorboard_dir: where ``eval/*`` scalars and images go; None: ``out_dir``.
             source: the checkpoint path to report (default: ``checkpoint_path``).
+            concurrent: score the teacher-forced batches in a second thread, on a copy of
+                the model, while this one generates, analyses and plots. Torch kernels
+                release the GIL, so with one torch thread each the two halves fill two
+                cores; the evaluation process uses it for the final evaluation of a run.
         """
-        from brain_gen.eval.analyses import compare_continuations
-        from brain_gen.eval import plots
-
         started = time.perf_counter()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -403,64 +413,76 @@ class Evaluation:
             "device": str(self.device),
             "notices": list(self.notices),
         }
-        summary["teacher_forced"] = self.teacher_forced(model)
+        scalars: dict[str, float] = {}
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # A copy, so that a model's forecast that keeps state on the module cannot meet a forward pass.
+            self.warm_up()
+            teacher_forced = pool.submit(self.teacher_forced, copy.deepcopy(model)) if concurrent and self.generate else None
+            images = self._generate_and_plot(model, out_dir, summary, scalars) if self.generate else {}
+            summary["teacher_forced"] = teacher_forced.result() if teacher_forced is not None else self.teacher_forced(model)
         summary["loss"] = summary["teacher_forced"]["loss"]["mean"]
-        scalars = {"eval/loss": summary["loss"]}
+        scalars["eval/loss"] = summary["loss"]
         scalars.update({f"eval/{name}": value["mean"] for name, value in summary["teacher_forced"]["metrics"].items()})
-        images: dict[str, bytes] = {}
-        if self.generate:
-            context, real, generated, details = self.rollouts(model)
-            settings = self.settings
-            comparison = compare_continuations(
-                generated, real, self.sfreq, analyses=settings.analyses, horizon_window_s=settings.horizon_window_s, present=self.contexts.present
-            )
-            summary["generation"] = {
-                "mode": self.generation_mode,
-                "sampling": settings.generator.sampling.model_dump(),
-                "seed": settings.generator.seed,
-                "rollouts_per_context": settings.generator.rollouts_per_context,
-                "context_length_s": self.contexts.context_samples / self.sfreq,
-                "continuation_length_s": self.contexts.continuation_samples / self.sfreq,
-                "sampler_seed": settings.example_sampler.seed,
-                "contexts": [
-                    {"session": session, "start_s": start} for session, start in zip(self.contexts.sessions, self.contexts.starts_s)
-                ],
-                **details,
-            }
-            summary["analyses"] = comparison.to_json()
-            scalars.update({f"eval/{name}": value for name, value in comparison.scalars.items()})
-            if "text_wellformed_rate" in details:
-                scalars["eval/text_wellformed_rate"] = details["text_wellformed_rate"]
-            np.savez_compressed(
-                out_dir / "rollouts.npz",
-                context=context,
-                real=real,
-                generated=generated,
-                present=self.contexts.present,
-                ch_names=np.array(self.layout.ch_names),
-                sfreq=np.float64(self.sfreq),
-                sessions=np.array(self.contexts.sessions),
-                starts_s=np.array(self.contexts.starts_s),
-            )
-            figures = {
-                "psd": plots.psd_figure(comparison) if "spectral" in settings.analyses else None,
-                "covariance": plots.covariance_figure(comparison, self.layout.ch_names) if "spatial" in settings.analyses else None,
-                "examples": plots.examples_figure(context, real, generated[:, 0], self.sfreq, self.layout.ch_names, settings.num_examples, present=self.contexts.present)
-                if settings.num_examples > 0
-                else None,
-                "horizon": plots.horizon_figure(comparison) if "horizon" in settings.analyses else None,
-            }
-            for name, figure in figures.items():
-                if figure is not None:
-                    png = plots.figure_png(figure)
-                    (out_dir / f"{name}.png").write_bytes(png)
-                    images[name] = png
         summary["wall_time_s"] = time.perf_counter() - started
         write_json(out_dir / "summary.json", summary)
         from brain_gen.eval.tensorboard import write_events
 
         write_events(Path(tensorboard_dir or out_dir), step, scalars, {f"eval/{name}": images[name] for name in ("psd", "examples") if name in images})
         return summary
+
+    def _generate_and_plot(self, model: torch.nn.Module, out_dir: Path, summary: dict[str, Any], scalars: dict[str, float]) -> dict[str, bytes]:
+        """Generated continuations, their analyses (into ``summary`` and ``scalars``), rollouts.npz and the figures; returns the PNGs."""
+        from brain_gen.eval.analyses import compare_continuations
+        from brain_gen.eval import plots
+
+        images: dict[str, bytes] = {}
+        context, real, generated, details = self.rollouts(model)
+        settings = self.settings
+        comparison = compare_continuations(
+            generated, real, self.sfreq, analyses=settings.analyses, horizon_window_s=settings.horizon_window_s, present=self.contexts.present
+        )
+        summary["generation"] = {
+            "mode": self.generation_mode,
+            "sampling": settings.generator.sampling.model_dump(),
+            "seed": settings.generator.seed,
+            "rollouts_per_context": settings.generator.rollouts_per_context,
+            "context_length_s": self.contexts.context_samples / self.sfreq,
+            "continuation_length_s": self.contexts.continuation_samples / self.sfreq,
+            "sampler_seed": settings.example_sampler.seed,
+            "contexts": [
+                {"session": session, "start_s": start} for session, start in zip(self.contexts.sessions, self.contexts.starts_s)
+            ],
+            **details,
+        }
+        summary["analyses"] = comparison.to_json()
+        scalars.update({f"eval/{name}": value for name, value in comparison.scalars.items()})
+        if "text_wellformed_rate" in details:
+            scalars["eval/text_wellformed_rate"] = details["text_wellformed_rate"]
+        np.savez_compressed(
+            out_dir / "rollouts.npz",
+            context=context,
+            real=real,
+            generated=generated,
+            present=self.contexts.present,
+            ch_names=np.array(self.layout.ch_names),
+            sfreq=np.float64(self.sfreq),
+            sessions=np.array(self.contexts.sessions),
+            starts_s=np.array(self.contexts.starts_s),
+        )
+        figures = {
+            "psd": plots.psd_figure(comparison) if "spectral" in settings.analyses else None,
+            "covariance": plots.covariance_figure(comparison, self.layout.ch_names) if "spatial" in settings.analyses else None,
+            "examples": plots.examples_figure(context, real, generated[:, 0], self.sfreq, self.layout.ch_names, settings.num_examples, present=self.contexts.present)
+            if settings.num_examples > 0
+            else None,
+            "horizon": plots.horizon_figure(comparison) if "horizon" in settings.analyses else None,
+        }
+        for name, figure in figures.items():
+            if figure is not None:
+                png = plots.figure_png(figure)
+                (out_dir / f"{name}.png").write_bytes(png)
+                images[name] = png
+        return images
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

@@ -1,7 +1,8 @@
 """EvalRunner: evaluate each new last-checkpoint in a separate low-priority process while training goes on.
 
-The evaluation process (brain_gen.eval.worker) is started when fitting starts, so its
-imports and data preparation happen while the first epoch trains; afterwards each
+The evaluation process (brain_gen.eval.worker) is started when fitting starts, or by
+`brain-gen train` before its own imports (brain_gen.eval.process), so that its imports
+overlap the run's start-up rather than wait for training to leave a core idle; afterwards each
 evaluation only loads a checkpoint. One evaluation runs at a time. A checkpoint that
 lands while one runs waits, and a newer one replaces it (the dropped one is logged).
 A crash, an error or a timeout of an evaluation is logged with its log file, and
@@ -17,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,11 +28,9 @@ import pytorch_lightning as pl
 
 from brain_gen.config.schema import EvalRunnerConfig
 from brain_gen.eval.evaluation import evaluation_folder_name
+from brain_gen.eval.process import WORKER_COMMAND, WorkerProcess, start_worker, stop_worker
 
 log = logging.getLogger(__name__)
-
-WORKER_COMMAND = (sys.executable, "-m", "brain_gen.eval.worker")
-
 
 @dataclass
 class _Job:
@@ -51,9 +49,18 @@ class EvalRunner(pl.Callback):
         run_dir: the version folder; evaluations go to ``<run_dir>/evals/epoch=E-step=S/``.
         config_path: the run's resolved ``config.yaml``, which the evaluation process reads.
         worker_command: the command that starts an evaluation process (tests pass a fake).
+        early_process: a process started before the run's imports (``process.start_early``);
+            it is used instead of starting one when fitting starts.
     """
 
-    def __init__(self, settings: EvalRunnerConfig, run_dir: str | Path, config_path: str | Path, worker_command: tuple[str, ...] | list[str] = WORKER_COMMAND):
+    def __init__(
+        self,
+        settings: EvalRunnerConfig,
+        run_dir: str | Path,
+        config_path: str | Path,
+        worker_command: tuple[str, ...] | list[str] = WORKER_COMMAND,
+        early_process: WorkerProcess | None = None,
+    ):
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.evals_dir = self.run_dir / "evals"
@@ -63,9 +70,10 @@ class EvalRunner(pl.Callback):
         self._written = 0
         self._pending: _Job | None = None
         self._running: _Job | None = None
-        self._process: subprocess.Popen | None = None
-        self._results: Any = None
-        self._worker_log = None
+        self._worker: WorkerProcess | None = None
+        # A process the command started before its own imports; adopted by start().
+        self._early = early_process
+        self._early_log: Path | None = None
         self._threads = 1
         self._setup_sent = False
         self._buffer = b""
@@ -82,9 +90,20 @@ class EvalRunner(pl.Callback):
         checkpoint_callback.on_durable_write(self._checkpoint_written)
 
     def start(self) -> None:
-        """Start the evaluation process now, so that its imports overlap the run's own start-up."""
-        if self._process is None:
-            self._start_worker()
+        """Start the evaluation process now (or adopt the early one), so that its imports overlap the run's own start-up."""
+        if self._worker is not None:
+            return
+        early, self._early = self._early, None
+        if early is not None and early.process.poll() is None:
+            self.evals_dir.mkdir(parents=True, exist_ok=True)
+            self._worker, self._early_log = early, Path(early.log.name)
+            self._buffer = b""
+            self._setup_sent = False
+            return
+        if early is not None:
+            stop_worker(early)
+            self._fold_log(Path(early.log.name))
+        self._start_worker()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active = trainer.is_global_zero
@@ -170,8 +189,8 @@ class EvalRunner(pl.Callback):
             else:
                 self._report(job, False, f"failed ({answer.get('error')}); see {job.out_dir / 'eval.log'}")
             return
-        if self._process.poll() is not None:
-            self._fail(job, f"the evaluation process exited with code {self._process.returncode}; see {job.out_dir / 'eval.log'}")
+        if self._worker.process.poll() is not None:
+            self._fail(job, f"the evaluation process exited with code {self._worker.process.returncode}; see {job.out_dir / 'eval.log'}")
         elif time.monotonic() - job.started > self.settings.timeout_minutes * 60:
             self._fail(job, f"stopped after eval_runner.timeout_minutes={self.settings.timeout_minutes:g}; see {job.out_dir / 'eval.log'}")
 
@@ -190,7 +209,7 @@ class EvalRunner(pl.Callback):
             log.warning("eval_runner: evaluation of %s %s", job.name, message)
 
     def _launch(self, job: _Job) -> None:
-        if self._process is None or self._process.poll() is not None:
+        if self._worker is None or self._worker.process.poll() is not None:
             self._close_worker()
             self._start_worker()
             self._send_setup()
@@ -213,42 +232,24 @@ class EvalRunner(pl.Callback):
     # ----------------------------------------------------------------- the process
 
     def _write(self, message: dict[str, Any]) -> None:
-        self._process.stdin.write(json.dumps(message) + "\n")
-        self._process.stdin.flush()
+        self._worker.process.stdin.write(json.dumps(message) + "\n")
+        self._worker.process.stdin.flush()
 
     def _send_setup(self) -> None:
         if not self._setup_sent:
             self._setup_sent = True
-            self._write({"config": str(self.config_path)})
+            # "log": a process started early writes to a temporary file until it reads this.
+            self._write({"config": str(self.config_path), "log": str(self.evals_dir / "worker.log")})
 
     def _start_worker(self) -> None:
         self.evals_dir.mkdir(parents=True, exist_ok=True)
-        read_end, write_end = os.pipe()
-        os.set_blocking(read_end, False)
-        self._worker_log = open(self.evals_dir / "worker.log", "a")
-        # A process group of its own, so that Ctrl-C in the terminal reaches training, which
-        # decides what to stop. Not a session of its own: with the kernel's autogroup
-        # scheduling, each session gets a fair share of the CPU whatever its niceness, so a
-        # new session would compete with training as an equal.
-        self._process = subprocess.Popen(
-            [*self.worker_command, "--result-fd", str(write_end)],
-            stdin=subprocess.PIPE,
-            stdout=self._worker_log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(write_end,),
-            process_group=0,
-            text=True,
-            # numpy's BLAS would start a thread per core beside training; torch's threads are set per job.
-            env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
-        )
-        os.close(write_end)
-        self._results = read_end
+        self._worker = start_worker(self.worker_command, open(self.evals_dir / "worker.log", "a"))
         self._buffer = b""
         self._setup_sent = False
 
     def _read_answer(self) -> dict[str, Any] | None:
         try:
-            chunk = os.read(self._results, 1 << 16)
+            chunk = os.read(self._worker.results_fd, 1 << 16)
         except BlockingIOError:
             chunk = b""
         self._buffer += chunk
@@ -258,20 +259,26 @@ class EvalRunner(pl.Callback):
         return json.loads(line)
 
     def _close_worker(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        if self._results is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._results)
-        if self._worker_log is not None:
-            self._worker_log.close()
-        if process is not None and process.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                process.stdin.close()
-        self._results = self._worker_log = None
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            stop_worker(worker)
+        early, self._early = self._early, None
+        if early is not None:  # never adopted (another rank, or the run stopped before fitting)
+            stop_worker(early)
+            self._early_log = Path(early.log.name)
+        if self._early_log is not None:
+            self._fold_log(self._early_log)
+            self._early_log = None
+
+    def _fold_log(self, path: Path) -> None:
+        """Append what an early process wrote before it knew the run's folder to worker.log."""
+        with contextlib.suppress(OSError):
+            text = path.read_text()
+            if text:
+                self.evals_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.evals_dir / "worker.log", "a") as log_file:
+                    log_file.write(text)
+            path.unlink()
 
     # ----------------------------------------------------------------- end of training
 
@@ -308,12 +315,12 @@ class EvalRunner(pl.Callback):
                 self._queue(self.latest_checkpoint)
             # An older checkpoint's evaluation would only delay the final one: stop it, keeping the warm process.
             running, pending = self._running, self._pending
-            if running is not None and pending is not None and self._process is not None:
+            if running is not None and pending is not None and self._worker is not None:
                 # Named in a file, so that the signal can never stop another job than this one,
                 # even when it arrives before the process has read this job or after it finished.
                 (self.evals_dir / ".cancel").write_text(running.name)
                 with contextlib.suppress(OSError):
-                    os.kill(self._process.pid, signal.SIGUSR1)
+                    os.kill(self._worker.process.pid, signal.SIGUSR1)
         self.poll()
         shown = 0.0
         started = time.monotonic()
@@ -345,7 +352,7 @@ class EvalRunner(pl.Callback):
 
     def close(self) -> None:
         """Stop the evaluation process."""
-        process = self._process
+        process = self._worker.process if self._worker is not None else None
         if process is not None and process.poll() is None and process.stdin is not None:
             with contextlib.suppress(OSError, ValueError):
                 process.stdin.close()  # end of jobs: the worker exits by itself

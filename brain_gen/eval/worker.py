@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # The first line names the run's config.yaml; every later line is a job.
     setup = json.loads(sys.stdin.readline() or "{}")
+    if setup.get("log"):
+        # Started before the run's folder existed: from now on write into the run's worker.log.
+        sys.stdout.flush(), sys.stderr.flush()
+        with open(setup["log"], "a") as log_file:
+            os.dup2(log_file.fileno(), 1), os.dup2(log_file.fileno(), 2)
     evaluation, setup_error = None, None
     try:
         # The run checked its trainer keys already; skipping that keeps Lightning out of this process.
@@ -118,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise Cancelled()
                 if setup_error is not None:
                     raise setup_error
-                torch.set_num_threads(int(job.get("threads", 1)))
+                threads = int(job.get("threads", 1))
+                # With two cores or more the teacher-forced half runs in a thread of its own beside
+                # generation and plots, each half with its share of torch threads.
+                concurrent = threads >= 2
+                torch.set_num_threads(max(1, threads // 2) if concurrent else threads)
                 print(f"evaluating {job['source']} into {out_dir}", flush=True)
-                summary = evaluation.evaluate(job["checkpoint"], out_dir, job.get("tensorboard_dir"), source=job["source"])
+                summary = evaluation.evaluate(job["checkpoint"], out_dir, job.get("tensorboard_dir"), source=job["source"], concurrent=concurrent)
                 in_job = False
                 print(f"done in {summary['wall_time_s']:.1f} s", flush=True)
                 answer = {"ok": True, "loss": summary["loss"]}
@@ -136,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 if job.get("remove_checkpoint"):
                     Path(job["checkpoint"]).unlink(missing_ok=True)
         results.write(json.dumps(answer) + "\n")
-    return 0
+    # No more jobs: every file is written, so skip the interpreter's teardown of torch and
+    # matplotlib (tenths of a second that the end of a run would wait for).
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.eval.evaluation import check_evaluation_fits
 from brain_gen.eval.reports import TestReport
+from brain_gen.eval.process import WorkerProcess
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
@@ -55,13 +56,17 @@ class ExperimentDL:
     Args:
         cfg: a config mapping, or the path of a YAML config file.
         overrides: ``a.b.c=VALUE`` strings applied on top of the file.
+        eval_process: an evaluation process already started for this config
+            (``brain_gen.eval.process.start_early``); without one, fitting starts its own.
 
     The config is fully validated here, before any data is read. Data and model
     are built on first use.
     """
 
-    def __init__(self, cfg: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None):
+    def __init__(self, cfg: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None, eval_process: WorkerProcess | None = None):
         self.config = load_config(cfg, overrides)
+        # Started by the command line before its imports; the eval runner of the first fit adopts it.
+        self._early_eval_process = eval_process
         check_lr_schedule(self.config.lightning)
         if self.config.resume_from == "last":
             newest = newest_complete_checkpoint(self.config.save_dir)
@@ -197,7 +202,8 @@ class ExperimentDL:
             callbacks.extend(checkpoints)
             if self.evaluates and fitting:
                 run_dir = Path(logger.log_dir)
-                self.eval_runner = EvalRunner(self.config.eval_runner, run_dir, run_dir / "config.yaml")
+                self.eval_runner = EvalRunner(self.config.eval_runner, run_dir, run_dir / "config.yaml", early_process=self._early_eval_process)
+                self._early_eval_process = None
                 self.eval_runner.attach(checkpoints[-1])
                 callbacks.append(self.eval_runner)
         elif self.evaluates and logger and fitting:
