@@ -414,6 +414,17 @@ class Evaluation:
             "notices": list(self.notices),
         }
         scalars: dict[str, float] = {}
+        images = self._score(model, out_dir, summary, scalars, concurrent)
+        summary["wall_time_s"] = time.perf_counter() - started
+        write_json(out_dir / "summary.json", summary)
+        from brain_gen.eval.tensorboard import write_events
+
+        write_events(Path(tensorboard_dir or out_dir), step, scalars, {f"eval/{name}": images[name] for name in ("psd", "examples") if name in images})
+        return summary
+
+    def _score(self, model: torch.nn.Module, out_dir: Path, summary: dict[str, Any], scalars: dict[str, float], concurrent: bool) -> dict[str, bytes]:
+        """Fill ``summary`` and ``scalars`` with the teacher-forced scores and, for a generative model,
+        the generation's analyses; writes rollouts.npz and the figures; returns the PNGs."""
         with ThreadPoolExecutor(max_workers=1) as pool:
             # A copy, so that a model's forecast that keeps state on the module cannot meet a forward pass.
             self.warm_up()
@@ -423,12 +434,7 @@ class Evaluation:
         summary["loss"] = summary["teacher_forced"]["loss"]["mean"]
         scalars["eval/loss"] = summary["loss"]
         scalars.update({f"eval/{name}": value["mean"] for name, value in summary["teacher_forced"]["metrics"].items()})
-        summary["wall_time_s"] = time.perf_counter() - started
-        write_json(out_dir / "summary.json", summary)
-        from brain_gen.eval.tensorboard import write_events
-
-        write_events(Path(tensorboard_dir or out_dir), step, scalars, {f"eval/{name}": images[name] for name in ("psd", "examples") if name in images})
-        return summary
+        return images
 
     def _generate_and_plot(self, model: torch.nn.Module, out_dir: Path, summary: dict[str, Any], scalars: dict[str, float]) -> dict[str, bytes]:
         """Generated continuations, their analyses (into ``summary`` and ``scalars``), rollouts.npz and the figures; returns the PNGs."""

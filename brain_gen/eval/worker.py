@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from brain_gen.config.loading import load_config
     from brain_gen.eval.evaluation import Evaluation
 
+    brain_gen.eval.plots.warm_up()
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("brain_gen").addHandler(handler)
