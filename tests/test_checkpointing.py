@@ -293,10 +293,15 @@ def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tmp_path
     command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(path)]
     rng = random.Random(7)
     for _ in range(KILL_TRIALS):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Let it start (imports take a few seconds), then kill it at a random moment of training.
-        time.sleep(rng.uniform(6.0, 12.0))
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # Wait for training to start (start-up takes 4-12 s, by how busy the machine is), then
+        # kill the command at a random moment of training, when a write may be under way.
+        for line in process.stdout:
+            if "training with batch_size" in line:
+                break
+        time.sleep(rng.uniform(0.5, 4.0))
         os.kill(process.pid, signal.SIGKILL)
+        process.stdout.close()
         process.wait()
     found = sorted((tmp_path / "runs").rglob("*.ckpt"))
     assert found, "no checkpoint was written before the kills"
