@@ -21,7 +21,7 @@ from brain_gen.config.loading import load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.schema import EvalRunnerConfig
 from brain_gen.eval.evaluation import Evaluation
-from brain_gen.eval.process import start_early
+from brain_gen.eval.process import start_early, stop_worker
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
@@ -374,3 +374,17 @@ def test_a_run_that_stops_before_fitting_stops_the_early_process(tmp_path, tiny_
     assert "resume_from" in capsys.readouterr().err
     assert started[0] is not None and started[0].stopped and started[0].process.returncode is not None
     assert not list(tmp_path.glob("brain-gen-eval-*.log"))
+
+
+@pytest.mark.parametrize("variable", ["RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"])
+def test_no_early_process_outside_global_rank_zero(tmp_path, tiny_dataset, monkeypatch, variable):
+    config_path = write_config(tmp_path, eval_config(tmp_path, tiny_dataset))
+    monkeypatch.setenv(variable, "1")
+    assert start_early(config_path) is None
+    monkeypatch.setenv(variable, "0")
+    process = start_early(config_path)
+    try:
+        assert process is not None and process.process.poll() is None
+    finally:
+        stop_worker(process)
+        Path(process.log.name).unlink(missing_ok=True)
