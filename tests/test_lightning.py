@@ -362,3 +362,28 @@ def test_no_decay_rules_by_name_norm_type_and_dimension():
 
 def tiny_model() -> dict:
     return dict(tiny_config(Path("x"), Path("y"))["model_config"])
+
+
+def test_a_learning_rate_of_zero_trains_without_changing_the_weights(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, lightning={"lr": 0.0, "weight_decay": 0.1}, trainer={"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 1})
+    experiment = ExperimentDL(config)
+    experiment.build()
+    before = {name: parameter.detach().clone() for name, parameter in experiment.model.named_parameters()}
+    experiment.train()
+    assert experiment.trainer.global_step == 3
+    after = dict(experiment.model.named_parameters())
+    assert before and all(torch.equal(before[name], after[name]) for name in before)
+    assert values(scalars(Path(experiment.trainer.logger.log_dir)), "lr") == [0.0, 0.0, 0.0]
+
+
+def test_a_grad_clip_threshold_of_zero_counts_every_step_with_a_gradient(tmp_path, tiny_dataset):
+    _, logged = run(tmp_path, tiny_dataset, lightning={"grad_clip_threshold": 0.0}, trainer={"max_epochs": 1, "limit_train_batches": 4})
+    assert min(values(logged, "grad_norm")) > 0
+    assert values(logged, "grad_clip_pct") == [100.0] * 4
+
+
+@pytest.mark.parametrize("key", ["lr", "resume_lr", "grad_clip_threshold"])
+def test_negative_optimizer_values_are_still_refused(tmp_path, tiny_dataset, key):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, lightning={"lr": BASE_LR, key: -0.1})
+    with pytest.raises(ConfigError, match=f"lightning.{key}"):
+        ExperimentDL(config)

@@ -9,6 +9,7 @@ import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BatchSizeFinder
 
+from brain_gen.config.errors import ConfigError
 from brain_gen.training.callbacks import batch_size_finder, cpu_batch_size_cap
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
@@ -155,3 +156,21 @@ def test_lightning_callback_argument_errors_are_config_errors(tmp_path, tiny_dat
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"callbacks": [{"class_path": "LearningRateMonitor", "init_args": {"logging_interval": "hour"}}]})
     with pytest.raises(ConfigError, match="trainer.callbacks.0: LearningRateMonitor rejected its arguments"):
         ExperimentDL(config)
+
+
+def test_early_stopping_strict_false_trains_with_a_monitor_that_is_not_logged(tmp_path, tiny_dataset, caplog):
+    with caplog.at_level(logging.WARNING, logger="brain_gen"):
+        experiment, _ = train(tmp_path, tiny_dataset, trainer={"max_epochs": 3, "early_stopping": {"monitor": "val/not_logged", "strict": False}})
+    # Lightning's own handling of a missing monitor: no stop, every epoch runs.
+    assert experiment.trainer.current_epoch == 3 and not experiment.trainer.early_stopping_callback.stopped_epoch
+    notices = [record.getMessage() for record in caplog.records if "val/not_logged" in record.getMessage()]
+    assert len(notices) == 1 and "is never logged" in notices[0] and "strict: false" in notices[0]
+
+
+@pytest.mark.parametrize("strict", [None, True])
+def test_early_stopping_with_a_monitor_that_is_not_logged_fails_before_training_unless_strict_is_false(tmp_path, tiny_dataset, strict):
+    stopping = {"monitor": "val/not_logged"} if strict is None else {"monitor": "val/not_logged", "strict": strict}
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs", tiny_dataset, trainer={**QUICK, "early_stopping": stopping}))
+    with pytest.raises(ConfigError, match="trainer.early_stopping.monitor: 'val/not_logged' is never logged"):
+        experiment.train()
+    assert experiment.trainer is None or experiment.trainer.global_step == 0

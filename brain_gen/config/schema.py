@@ -205,10 +205,11 @@ class ResumeContextConfig(Section):
 class LightningConfig(Section):
     """Optimizer, schedules and per-step options of LitModel."""
 
-    lr: Float = Field(gt=0, description="Learning rate of AdamW.")
+    # Zero is a valid torch learning rate (a frozen run, a schedule that starts at 0).
+    lr: Float = Field(ge=0, description="Learning rate of AdamW.")
     weight_decay: Float = Field(ge=0, description="Weight decay of AdamW.")
     resume_lr: Float | None = Field(
-        default=None, gt=0, description="After resuming: the optimizer's lr and every scheduler's base lr become this."
+        default=None, ge=0, description="After resuming: the optimizer's lr and every scheduler's base lr become this."
     )
     resume_weight_decay: Float | None = Field(
         default=None, ge=0, description="After resuming: the decay group's weight decay becomes this (no-decay stays 0)."
@@ -225,7 +226,7 @@ class LightningConfig(Section):
     )
     no_decay_verbose: bool = Field(default=False, description="Print the parameters that get no weight decay.")
     grad_clip_threshold: Float = Field(
-        default=1.0, gt=0, description="Gradient norm above which a step counts toward grad_clip_pct."
+        default=1.0, ge=0, description="Gradient norm above which a step counts toward grad_clip_pct (0: every step with a gradient)."
     )
     lr_scheduler: LRSchedulerConfig | None = Field(default=None, description="Learning-rate scheduler.")
     lr_warmup: LRWarmupConfig | None = Field(

@@ -181,12 +181,19 @@ class ExperimentDL:
             # Checked at the end of the training epoch, before that epoch's validation has run.
             at_train_end = stopping.check_on_train_epoch_end
             when = "is not logged when checked at train epoch end" if at_train_end else "is never logged"
-            self._check_monitor("trainer.early_stopping.monitor", stopping.monitor, has_validation and not at_train_end, when)
+            # strict: false is Lightning's opt-out for a monitor that may be missing: its own
+            # handling of a missing monitor applies, after one notice line.
+            strict = stopping.strict is not False
+            self._check_monitor("trainer.early_stopping.monitor", stopping.monitor, has_validation and not at_train_end, when, strict)
 
-    def _check_monitor(self, key: str, monitor: str, with_validation: bool, when: str) -> None:
+    def _check_monitor(self, key: str, monitor: str, with_validation: bool, when: str, strict: bool = True) -> None:
         logged = self.lit_model.logged_metric_names(with_validation=with_validation)
-        if monitor not in logged:
-            raise ConfigError(f"{key}: {monitor!r} {when}{did_you_mean(monitor, logged)}; logged metrics: {', '.join(logged)}")
+        if monitor in logged:
+            return
+        problem = f"{key}: {monitor!r} {when}{did_you_mean(monitor, logged)}; logged metrics: {', '.join(logged)}"
+        if strict:
+            raise ConfigError(problem)
+        log.warning("notice: %s (strict: false, so training goes on)", problem)
 
     def dataloader(self, split: str) -> DataLoader | None:
         """The loader of one split, or None when that split has no windows."""
