@@ -13,7 +13,7 @@ import yaml
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from brain_gen.cli import main
-from brain_gen.config.errors import ConfigError
+from brain_gen.config.errors import ConfigError, DataError
 from brain_gen.dataset.mixup import MixupCollate, MixupDataLoader, mix_pairs, stack_batch
 from brain_gen.dataset.mulaw import mu_law_encode
 from brain_gen.dataset.text import CODE_CHAR_OFFSET, ChannelGroups, TextCollate
@@ -383,3 +383,26 @@ def test_example_configs_validate_against_demo_data(tmp_path, capsys):
     assert main(["tokenizer-text", text, "--vocab-size", "600", "--max-windows", "50"]) == 0
     assert main(["validate", text]) == 0
     assert "TextGPT with" in capsys.readouterr().out
+
+
+def test_text_batches_of_groups_and_target_pairs_keep_the_samples_targets(tmp_path, tiny_dataset, text_tokenizer):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, **text_changes(text_tokenizer))
+    loader = ExperimentDL(config).dataloader("val")
+    samples = [loader.dataset[i] for i in range(3)]
+    (ids, mask, channels), _ = loader.collate_fn(samples)
+    # A class label per sample, as when decoding from text.
+    (pair_ids, pair_mask, pair_channels), labels = loader.collate_fn([(sample, label) for sample, label in zip(samples, [2, 0, 1])])
+    assert torch.equal(pair_ids, ids) and torch.equal(pair_mask, mask) and torch.equal(pair_channels, channels)
+    assert torch.equal(labels, torch.tensor([2, 0, 1]))
+    # Plain lists and tuples work as well as ChannelGroups.
+    (list_ids, _, _), targets = loader.collate_fn([[list(group) for group in sample] for sample in samples])
+    assert list_ids.shape == ids.shape and targets.shape == ids.shape
+
+
+@pytest.mark.parametrize("sample", ["a string", {"groups": []}, (["ab", "cd"], 1, 2), 3])
+def test_text_collate_names_the_two_accepted_sample_forms(tmp_path, tiny_dataset, text_tokenizer, sample):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, **text_changes(text_tokenizer))
+    loader = ExperimentDL(config).dataloader("val")
+    with pytest.raises(DataError, match=r"TextDataLoader: a sample must be channel groups .* or a \(groups, target\) pair; got") as caught:
+        loader.collate_fn([sample])
+    assert "\n" not in str(caught.value)

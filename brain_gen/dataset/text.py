@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
-from brain_gen.config.errors import ConfigError
+from brain_gen.config.errors import ConfigError, DataError
 from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS
 from brain_gen.dataset.datasets import IGNORE_INDEX, ChunkDataset
 from brain_gen.dataset.mulaw import mu_law_encode
@@ -189,7 +189,19 @@ class TextCollate:
         ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         return ids, self._channel_ids(ids, lengths, owners)
 
-    def __call__(self, samples: list[list[list[str]]]):
+    def __call__(self, samples: list[Any]):
+        """A batch of bare channel groups (targets: the next tokens) or of ``(groups, target)``
+        pairs (targets: the samples' own, through ``default_collate``, e.g. a class per sample)."""
+        split = [_groups_and_target(sample) for sample in samples]
+        with_targets = [target is not _NO_TARGET for _, target in split]
+        if any(with_targets) and not all(with_targets):
+            raise DataError("TextDataLoader: a batch mixes bare channel groups with (groups, target) pairs; a dataset must yield one form")
+        inputs, next_tokens = self._collate_groups([groups for groups, _ in split])
+        if with_targets and with_targets[0]:
+            return inputs, default_collate([target for _, target in split])
+        return inputs, next_tokens
+
+    def _collate_groups(self, samples: list[list[list[str]]]):
         rendered = [self.render(sample) for sample in samples]
         encodings = self.tokenizer.encode_batch([text for text, _, _ in rendered], add_special_tokens=False)
         rows = [encoding.ids for encoding in encodings]
@@ -209,15 +221,49 @@ class TextCollate:
         return inputs, torch.from_numpy(targets)
 
 
+_NO_TARGET = object()
+
+
+def _is_channel_groups(value: Any) -> bool:
+    """Whether ``value`` looks like a list of groups, each a list of channel words."""
+    # Every group's type, but only the first group's words: a full check would cost a
+    # Python call per channel word of every sample.
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(group, (list, tuple)) for group in value)
+        and all(isinstance(word, str) for word in value[0])
+    )
+
+
+def _groups_and_target(sample: Any) -> tuple[Any, Any]:
+    """Split one sample into its channel groups and its target (``_NO_TARGET`` for bare groups).
+
+    Unambiguous: the first element of bare groups is a group of words, while the first
+    element of a pair is a whole list of groups.
+    """
+    if _is_channel_groups(sample):
+        return sample, _NO_TARGET
+    if isinstance(sample, (list, tuple)) and len(sample) == 2 and _is_channel_groups(sample[0]):
+        return sample[0], sample[1]
+    raise DataError(
+        f"TextDataLoader: a sample must be channel groups (a list of groups of channel words) or a (groups, target) pair; "
+        f"got {type(sample).__name__} {repr(sample)[:80]}"
+    )
+
+
 class TextDataLoader(DataLoader):
     """A DataLoader of tokenized ChannelGroups samples (from BPEDataset).
 
-    Batches are ``((input_ids, attention_mask, channel_ids), targets)``: targets are
-    the next token ids, -100 at padding; ``channel_ids`` is the layout index of the
-    channel each token came from, -1 for separators and padding.
+    Batches are ``((input_ids, attention_mask, channel_ids), targets)``. For a dataset
+    of bare channel groups the targets are the next token ids, -100 at padding; for a
+    dataset of ``(groups, target)`` pairs they are its targets, collated by torch's
+    ``default_collate`` (a class per sample, say, to decode from text). ``channel_ids``
+    is the layout index of the channel each token came from, -1 for separators and padding.
 
     Args:
-        dataset: a dataset of ChannelGroups (or plain lists of groups).
+        dataset: a dataset of ChannelGroups (or plain lists of groups), or of
+            ``(groups, target)`` pairs.
         tokenizer_path: folder containing ``tokenizer/`` from ``brain-gen tokenizer-text``.
         max_length: at most this many input tokens per sample (longer ones are cut).
         use_separator: [SEP] between the channels of a group and [BOS] before each
