@@ -266,6 +266,13 @@ class _BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
+class _NoAdvertisements(logging.Filter):
+    """Drops Lightning's product tips ("💡 Tip: ... install litlogger ..."): not about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().lstrip().startswith("💡")
+
+
 @contextlib.contextmanager
 def console_logging():
     """Status messages to stdout, warnings to stderr, for brain-gen and Lightning alike.
@@ -283,6 +290,7 @@ def console_logging():
         problems.setLevel(logging.WARNING)
         for handler in (status, problems):
             handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+            handler.addFilter(_NoAdvertisements())
         logger.handlers[:] = [status, problems]
         logger.setLevel(logging.INFO)
         logger.propagate = False

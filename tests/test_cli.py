@@ -179,3 +179,12 @@ def test_unusable_paths_exit_2_before_any_run_folder(capsys, config_file, tmp_pa
     code, err = run_cli(capsys, "train", str(config_file(lambda c: c.update(save_dir=str(blocker / "runs")))))
     assert code == 2 and err == [f"brain-gen: error: save_dir: {blocker} is a file, not a folder; choose another path"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_validate_keeps_lightnings_accelerator_lines_and_drops_its_advertisement(tmp_path, tiny_dataset, capsys):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "runs", tiny_dataset)))
+    assert main(["validate", str(config_path)]) == 0
+    captured = capsys.readouterr()
+    assert "GPU available" in captured.out and "config ok" in captured.out
+    assert "litlogger" not in captured.out + captured.err and "💡" not in captured.out + captured.err
