@@ -43,16 +43,17 @@ def test_snapshot_is_frozen_while_training_continues_during_the_write(tmp_path, 
         frozen = {key: value.clone() for key, value in state["state_dict"].items() if torch.is_tensor(value)}
         time.sleep(1.0)  # training runs further steps meanwhile
         live = experiment.lit_model.state_dict()
-        observations.append(
-            {
-                "unchanged": all(torch.equal(value, state["state_dict"][key]) for key, value in frozen.items()),
-                "live_moved": any(not torch.equal(frozen[key].cpu(), live[key].cpu()) for key in frozen if key in live),
-                "step": state["global_step"],
-                "path": path,
-                "frozen": frozen,
-            }
-        )
+        observation = {
+            "unchanged": all(torch.equal(value, state["state_dict"][key]) for key, value in frozen.items()),
+            "live_moved": any(not torch.equal(frozen[key].cpu(), live[key].cpu()) for key in frozen if key in live),
+            "step": state["global_step"],
+            "path": path,
+            "frozen": frozen,
+        }
+        observations.append(observation)  # the best and last callbacks each write on their own thread
         original(state, path)
+        # Read back at once: a later last-checkpoint may replace this file before the test ends.
+        observation["written_step"] = torch.load(path, map_location="cpu", weights_only=False)["global_step"]
 
     monkeypatch.setattr(checkpointing, "write_atomically", slow_write)
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"max_epochs": 3, "limit_train_batches": 8, "limit_val_batches": 1})
@@ -61,13 +62,12 @@ def test_snapshot_is_frozen_while_training_continues_during_the_write(tmp_path, 
     assert observations and all(o["unchanged"] for o in observations)
     # The first write overlapped later training steps: the live weights moved on while it ran.
     assert observations[0]["live_moved"]
-    first_last = next(o for o in observations if "last-checkpoint" in Path(o["path"]).name)
-    written = torch.load(first_last["path"], map_location="cpu", weights_only=False) if Path(first_last["path"]).exists() else None
+    # Every file holds the step its snapshot was taken at, not a later one.
+    assert [o["written_step"] for o in observations] == [o["step"] for o in observations]
     final = [o for o in observations if Path(o["path"]).exists() and "last-checkpoint" in Path(o["path"]).name][-1]
     saved = torch.load(final["path"], map_location="cpu", weights_only=False)
     assert saved["global_step"] == final["step"]
     assert all(torch.equal(saved["state_dict"][key], value) for key, value in final["frozen"].items())
-    assert written is None or written["global_step"] == first_last["step"]
     assert "checkpoint/blocked_ms" in scalars(run_dir_of(experiment))
 
 

@@ -173,7 +173,13 @@ def test_switched_off_values_are_accepted(tmp_path, tiny_dataset):
         trainer={"tune_batch_size": False, "early_stopping": None, "callbacks": [], "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1},
         lightning={"compile": False, "lr_warmup": None, "lr_scheduler": None, "resume_token_corruption": False},
     )
-    ExperimentDL(config).train()
+    experiment = ExperimentDL(config)
+    trainer = experiment.train()
+    # Each switch is off in the run: no search, no stopping, no extra callbacks, no schedule, no compile.
+    types = {type(callback).__name__ for callback in trainer.callbacks}
+    assert not types & {"BatchSizeFinder", "EarlyStopping"} and trainer.global_step == 2
+    assert trainer.lr_scheduler_configs == [] and not any(name.startswith("_orig_mod") for name, _ in experiment.lit_model.named_parameters())
+    assert experiment.config.lightning.resume_token_corruption is False
 
 
 def test_default_batch_size_tuning_is_skipped_on_cpu_with_a_notice(tmp_path, tiny_dataset, caplog):
