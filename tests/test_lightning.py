@@ -387,3 +387,14 @@ def test_negative_optimizer_values_are_still_refused(tmp_path, tiny_dataset, key
     config = tiny_config(tmp_path / "runs", tiny_dataset, lightning={"lr": BASE_LR, key: -0.1})
     with pytest.raises(ConfigError, match=f"lightning.{key}"):
         ExperimentDL(config)
+
+
+def test_the_resume_validation_mark_is_cleared_however_the_pass_ends(tmp_path, tiny_dataset):
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs", tiny_dataset))
+    experiment.build()
+    lit_model = experiment.lit_model
+    with pytest.raises(RuntimeError, match="validation failed"):
+        with lit_model.resume_validation():
+            assert lit_model.validating_before_resume
+            raise RuntimeError("validation failed")
+    assert not lit_model.validating_before_resume

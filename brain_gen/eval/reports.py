@@ -38,7 +38,7 @@ class TestReport(pl.Callback):
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.classes is None or trainer.world_size > 1:
             return
-        logits = pl_module.last_test_outputs
+        logits = outputs["outputs"]  # what LitModel.test_step returns
         self._probabilities.append(torch.softmax(logits.float(), dim=-1).cpu())
         self._targets.append(batch[1].cpu())
 

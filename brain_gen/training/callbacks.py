@@ -130,17 +130,19 @@ class GracefulInterrupt(pl.Callback):
 
     def __init__(self):
         self._previous_handler: Any = None
+        self.stopping = False  # a first Ctrl-C came: the next one interrupts at once
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stopping = False
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         self._previous_handler = signal.getsignal(signal.SIGINT)
 
         def stop_after_this_batch(signum, frame):
-            if getattr(trainer, "_stopping_for_interrupt", False):
+            if self.stopping:
                 self._restore()
                 raise KeyboardInterrupt
-            trainer._stopping_for_interrupt = True
+            self.stopping = True
             trainer.should_stop = True
             log.warning("Ctrl-C: stopping after this batch and saving a last-checkpoint; press Ctrl-C again to stop at once")
 

@@ -7,6 +7,7 @@ optimizer telemetry, torch.compile, and the overrides applied when a run resumes
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -124,10 +125,9 @@ class LitModel(pl.LightningModule):
         self._step_started_at: float | None = None
         self._resume_overrides_applied = False
         self._no_decay_reported = False
-        # Set by ExperimentDL around the validation pass of validate_before_resume.
+        # True only inside resume_validation().
         self.validating_before_resume = False
         self.trained_batches = 0
-        self.last_test_outputs: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- steps
 
@@ -135,11 +135,11 @@ class LitModel(pl.LightningModule):
         return call_model(self.model if self.compiled_model is None else self.compiled_model, inputs)
 
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        return self._outputs_and_loss(batch, stage)[1]
+
+    def _outputs_and_loss(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = batch
         outputs = self(inputs)
-        if stage == "test":
-            # Read by the test report callback (brain_gen.eval.reports) at on_test_batch_end.
-            self.last_test_outputs = outputs.detach()
         loss = self.loss_fn(outputs, targets, model=self.model)
         # Training logs every step; val and test log epoch means, reduced over devices.
         per_step = stage == "train"
@@ -148,7 +148,7 @@ class LitModel(pl.LightningModule):
         with torch.no_grad():
             for name, metric in getattr(self.loss_fn, "metrics", {}).items():
                 self.log(f"{stage}/{name}", metric(outputs.detach(), targets), **log_options)
-        return loss
+        return outputs, loss
 
     def trial_step(self, batch: Any) -> tuple[Any, torch.Tensor]:
         """Outputs and loss of one batch in eval mode without gradients (and without compiling), to check fit."""
@@ -204,8 +204,10 @@ class LitModel(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The loss, and the model's outputs for the test report (``outputs`` of ``on_test_batch_end``)."""
+        outputs, loss = self._outputs_and_loss(batch, "test")
+        return {"loss": loss, "outputs": outputs.detach()}
 
     def logged_metric_names(self, with_validation: bool = True) -> list[str]:
         """Every metric name this module logs during fit, for checking monitors early."""
@@ -336,6 +338,16 @@ class LitModel(pl.LightningModule):
     def on_validation_start(self) -> None:
         # During fit, the sanity check is the first thing to run after the checkpoint is restored.
         self._apply_resume_overrides()
+
+    @contextlib.contextmanager
+    def resume_validation(self):
+        """Mark the validation pass that checks restored weights before training resumes,
+        so that the resume overrides apply to it too; unmarked however the pass ends."""
+        self.validating_before_resume = True
+        try:
+            yield
+        finally:
+            self.validating_before_resume = False
 
     def on_train_start(self) -> None:
         self._apply_resume_overrides()

@@ -293,9 +293,8 @@ class ExperimentDL:
         try:
             if self.config.trainer.validate_before_resume and self.config.resume_from:
                 log.info("validating the restored weights of %s before training resumes", self.config.resume_from)
-                self.lit_model.validating_before_resume = True
-                trainer.validate(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
-                self.lit_model.validating_before_resume = False
+                with self.lit_model.resume_validation():
+                    trainer.validate(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
             # Added only now, so that the validation pass above does not search too.
             self._add_batch_size_finder(trainer)
             trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
