@@ -35,7 +35,7 @@ def main() -> float:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
         train_text_tokenizer(synthetic_samples(64, rng), folder, code_alphabet(MU), vocab_size=2048)
-        collate = TextCollate(Path(folder))
+        collate = TextCollate(tokenizer_path=str(folder))
         batch = synthetic_samples(BATCH, rng)
         texts = [collate.render(sample)[0] for sample in batch]
         tokenizer = collate.tokenizer

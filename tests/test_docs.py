@@ -18,6 +18,7 @@ def test_every_key_has_a_description_and_every_section_is_listed():
         if isinstance(model, type) and issubclass(model, schema.BaseModel) and model.__module__ == schema.__name__:
             if model is schema.Section:
                 continue
-            assert model in documented, f"{model.__name__} is missing from the reference"
+            # The typed loader options are documented as part of the section built from them.
+            assert any(issubclass(section, model) for section in documented), f"{model.__name__} is missing from the reference"
             for name, field in model.model_fields.items():
                 assert field.description, f"{model.__name__}.{name} has no description"

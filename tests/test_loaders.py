@@ -205,7 +205,26 @@ def test_import_path_loader_classes_get_their_extras(tmp_path, tiny_dataset):
     config = mixup_config(tmp_path, tiny_dataset)
     config["dataloader_class"] = "brain_gen.dataset.mixup:MixupDataLoader"
     experiment = ExperimentDL(config)
-    assert experiment.dataloader("train").mixup.mixup_alpha == 0.4 and not experiment.dataloader("val").mixup.mix
+    assert experiment.dataloader("train").mixup.options.mixup_alpha == 0.4 and not experiment.dataloader("val").mixup.mix
+    # The run's resolved config keeps the extras written for a class given by import path,
+    # so the evaluation process and a resume build the same loader.
+    resolved = experiment.config.to_dict()["dataloader"]
+    assert resolved["mixup_alpha"] == 0.4 and "tokenizer_path" not in resolved
+    assert ExperimentDL(experiment.config.to_dict()).dataloader("train").mixup.options == experiment.dataloader("train").mixup.options
+
+
+def test_mixup_options_are_typed_with_their_defaults_in_one_place():
+    from pydantic import ValidationError
+
+    from brain_gen.config.schema import DataLoaderConfig, MixupOptions
+
+    assert MixupCollate().options == MixupOptions() == DataLoaderConfig().options("MixupDataLoader")
+    assert MixupCollate(mixup_alpha=0.4).options.mixup_alpha == 0.4
+    assert MixupDataLoader([], mixup_alpha=0.4, batch_size=2).mixup.options == MixupOptions(mixup_alpha=0.4)
+    with pytest.raises(ValidationError, match="mixup_alpha"):
+        MixupCollate(mixup_alpha=-1.0)
+    with pytest.raises(TypeError, match="not both"):
+        MixupCollate(MixupOptions(), mixup_alpha=0.4)
 
 
 @pytest.mark.parametrize(

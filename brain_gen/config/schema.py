@@ -110,13 +110,53 @@ class DataSplitterConfig(Section):
 # --------------------------------------------------------------------------- dataloader
 
 
-MIXUP_KEYS = ("mixup_alpha", "mixup_prob", "num_classes", "quantize", "mu", "max_val")
-TEXT_KEYS = ("tokenizer_path", "max_length", "use_separator")
-LOADER_EXTRAS = {"MixupDataLoader": MIXUP_KEYS, "TextDataLoader": TEXT_KEYS}
+class LoaderOptions(Section):
+    """The extra keyword arguments of one loader class, typed, with their defaults written once."""
+
+    @classmethod
+    def take(cls, options: LoaderOptions | None, keywords: dict[str, Any]) -> LoaderOptions:
+        """``options``, or one built from (and removed from) ``keywords``: a loader accepts either."""
+        values = {key: keywords.pop(key) for key in list(keywords) if key in cls.model_fields}
+        if options is not None and values:
+            raise TypeError(f"give {cls.__name__} or its keys ({', '.join(values)}), not both")
+        return options if options is not None else cls(**values)
 
 
-class DataLoaderConfig(Section):
-    """Keyword arguments of the train/val/test loaders, plus the extras of each loader class."""
+class MixupOptions(LoaderOptions):
+    """What MixupDataLoader and its collate read."""
+
+    mixup_alpha: Float = Field(
+        default=0.0, ge=0, description="MixupDataLoader: alpha of the Beta(alpha, alpha) mixing weight; 0 never mixes."
+    )
+    mixup_prob: Float = Field(default=1.0, ge=0, le=1, description="MixupDataLoader: chance that a batch is mixed.")
+    num_classes: Int | None = Field(
+        default=None, ge=1, description="MixupDataLoader: class count for one-hot mixing of integer targets."
+    )
+    quantize: bool = Field(default=False, description="MixupDataLoader: mu-law quantize inputs after mixing.")
+    mu: Int = Field(default=255, ge=1, description="MixupDataLoader: mu-law parameter when quantize is true.")
+    max_val: Float = Field(default=10.0, gt=0, description="MixupDataLoader: inputs are divided by this before quantizing.")
+
+
+class TextOptions(LoaderOptions):
+    """What TextDataLoader and its collate read."""
+
+    tokenizer_path: str | None = Field(
+        default=None, description="TextDataLoader (required): folder that holds a trained `tokenizer/`."
+    )
+    max_length: Int | None = Field(
+        default=None, ge=1, description="TextDataLoader: at most this many input tokens per sample; longer ones are cut."
+    )
+    use_separator: bool = Field(
+        default=True, description="TextDataLoader: put separator tokens between channels and groups."
+    )
+
+
+# The built-in loaders that take extra keys, and the typed options those keys make.
+LOADER_OPTIONS: dict[str, type[LoaderOptions]] = {"MixupDataLoader": MixupOptions, "TextDataLoader": TextOptions}
+
+
+class LoaderBasics(Section):
+    """The keyword arguments every loader takes."""
 
     batch_size: Int = Field(default=1, ge=1, description="Windows per batch for train, val and test.")
     num_workers: Int = Field(default=0, ge=0, description="Worker processes that load batches (0: main process).")
@@ -132,28 +172,32 @@ class DataLoaderConfig(Section):
         description="Drop the last incomplete training batch. Validation and test always see every window.",
     )
 
-    # MixupDataLoader extras.
-    mixup_alpha: Float = Field(
-        default=0.0, ge=0, description="MixupDataLoader: alpha of the Beta(alpha, alpha) mixing weight; 0 never mixes."
-    )
-    mixup_prob: Float = Field(default=1.0, ge=0, le=1, description="MixupDataLoader: chance that a batch is mixed.")
-    num_classes: Int | None = Field(
-        default=None, ge=1, description="MixupDataLoader: class count for one-hot mixing of integer targets."
-    )
-    quantize: bool = Field(default=False, description="MixupDataLoader: mu-law quantize inputs after mixing.")
-    mu: Int = Field(default=255, ge=1, description="MixupDataLoader: mu-law parameter when quantize is true.")
-    max_val: Float = Field(default=10.0, gt=0, description="MixupDataLoader: inputs are divided by this before quantizing.")
 
-    # TextDataLoader extras.
-    tokenizer_path: str | None = Field(
-        default=None, description="TextDataLoader (required): folder that holds a trained `tokenizer/`."
-    )
-    max_length: Int | None = Field(
-        default=None, ge=1, description="TextDataLoader: at most this many input tokens per sample; longer ones are cut."
-    )
-    use_separator: bool = Field(
-        default=True, description="TextDataLoader: put separator tokens between channels and groups."
-    )
+# The spec keeps every loader's keys flat in one `dataloader` section. The bases are listed
+# in reverse, because pydantic orders fields from the last base to the first: basics,
+# then MixUp's keys, then the text keys.
+class DataLoaderConfig(TextOptions, MixupOptions, LoaderBasics):
+    """Keyword arguments of the train/val/test loaders, plus the extras of each loader class."""
+
+    def options(self, loader: str) -> LoaderOptions:
+        """The typed options of a built-in loader (``MixupDataLoader``, ``TextDataLoader``) from these keys."""
+        options_class = LOADER_OPTIONS[loader]
+        return options_class(**{key: getattr(self, key) for key in options_class.model_fields})
+
+    def inapplicable_keys(self, loader: str | None) -> list[str]:
+        """The extra keys of every built-in loader other than ``loader`` (None: of them all)."""
+        return [key for name, options_class in LOADER_OPTIONS.items() if name != loader for key in options_class.model_fields]
+
+    def misplaced_keys(self, loader: str | None, dataloader_class: str) -> list[str]:
+        """Problems, one per extra key written for a loader other than ``loader``, the built-in
+        loader that ``dataloader_class`` is or extends (None: neither)."""
+        owners = {key: name for name, options_class in LOADER_OPTIONS.items() for key in options_class.model_fields}
+        return [
+            f"dataloader.{key} is only used by {owners[key]}, but dataloader_class is {dataloader_class}; "
+            f"remove the key or set dataloader_class: {owners[key]}"
+            for key in self.inapplicable_keys(loader)
+            if self.explicitly_set(key)
+        ]
 
     @model_validator(mode="after")
     def _check_workers(self) -> DataLoaderConfig:
@@ -553,17 +597,12 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _check_loader_extras(self) -> ExperimentConfig:
         # Import paths are checked once the class is resolved (it may extend a built-in loader).
-        if self.dataloader_class not in ("DataLoader", *LOADER_EXTRAS):
+        if self.dataloader_class not in ("DataLoader", *LOADER_OPTIONS):
             return self
-        for owner, keys in LOADER_EXTRAS.items():
-            if self.dataloader_class == owner:
-                continue
-            for key in keys:
-                if self.dataloader.explicitly_set(key):
-                    raise ValueError(
-                        f"dataloader.{key} is only used by {owner}, but dataloader_class is "
-                        f"{self.dataloader_class}; remove the key or set dataloader_class: {owner}"
-                    )
+        loader = self.dataloader_class if self.dataloader_class in LOADER_OPTIONS else None
+        problems = self.dataloader.misplaced_keys(loader, self.dataloader_class)
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.dataloader_class == "TextDataLoader" and self.dataloader.tokenizer_path is None:
             raise ValueError("dataloader.tokenizer_path is required with dataloader_class: TextDataLoader")
         return self
@@ -585,10 +624,13 @@ class ExperimentConfig(Section):
         """
         # Callback objects passed from Python have no plain-data form; their repr stands in.
         data = self.model_dump(by_alias=True, mode="json", fallback=repr)
-        for owner, keys in LOADER_EXTRAS.items():
-            if owner != self.dataloader_class:
-                for key in keys:
-                    del data["dataloader"][key]
+        if self.dataloader_class in ("DataLoader", *LOADER_OPTIONS):
+            dropped = self.dataloader.inapplicable_keys(self.dataloader_class)
+        else:
+            # A class by import path may extend a built-in loader: keep the extras the user wrote.
+            dropped = [key for key in self.dataloader.inapplicable_keys(None) if not self.dataloader.explicitly_set(key)]
+        for key in dropped:
+            del data["dataloader"][key]
         if self.datasplitter.split_strategy == "dataset":
             del data["datasplitter"]["val_ratio"], data["datasplitter"]["test_ratio"]
         # Written out, the interval both schedules really step at; defaults would read back as choices.

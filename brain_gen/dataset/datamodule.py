@@ -21,7 +21,7 @@ class BrainDataModule(pl.LightningDataModule):
         datasets: ``{"train": ..., "val": ..., "test": ...}``.
         loader_class: DataLoader or a subclass taking the dataset first.
         options: the ``dataloader`` config section.
-        extras: keyword arguments only the loader class understands (mixup_alpha, ...).
+        extras: keyword arguments only the loader class understands (the typed options of MixupDataLoader or TextDataLoader).
         eval_extras: replacements in ``extras`` for the val and test loaders
             (MixupDataLoader gets ``mix=False`` there).
     """

@@ -11,7 +11,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from brain_gen.config.errors import ConfigError
-from brain_gen.config.schema import MIXUP_KEYS, TEXT_KEYS, DataLoaderConfig, ExperimentConfig
+from brain_gen.config.schema import DataLoaderConfig, ExperimentConfig
 from brain_gen.dataset.mixup import MixupDataLoader
 from brain_gen.dataset.text import TextDataLoader
 
@@ -29,20 +29,17 @@ def loader_extras(config: ExperimentConfig, loader_class: type) -> tuple[dict[st
     A class given by import path gets the extras of the built-in loader it extends.
     """
     options = config.dataloader
-    owners = {"MixupDataLoader": (MixupDataLoader, MIXUP_KEYS), "TextDataLoader": (TextDataLoader, TEXT_KEYS)}
-    owner = next((name for name, (base, _) in owners.items() if issubclass(loader_class, base)), None)
-    for name, (_, keys) in owners.items():
-        for key in keys:
-            if name != owner and options.explicitly_set(key):
-                raise ConfigError(
-                    f"dataloader.{key} is only used by {name}, but {config.dataloader_class} is not one; remove the key"
-                )
+    bases = {"MixupDataLoader": MixupDataLoader, "TextDataLoader": TextDataLoader}
+    owner = next((name for name, base in bases.items() if issubclass(loader_class, base)), None)
+    problems = options.misplaced_keys(owner, config.dataloader_class)
+    if problems:
+        raise ConfigError("; ".join(problems))
     if owner == "MixupDataLoader":
-        return {key: getattr(options, key) for key in MIXUP_KEYS}, {"mix": False}
+        return {"options": options.options(owner)}, {"mix": False}
     if owner == "TextDataLoader":
         if options.tokenizer_path is None:
             raise ConfigError(f"dataloader.tokenizer_path is required with dataloader_class: {config.dataloader_class}")
-        return {key: getattr(options, key) for key in TEXT_KEYS}, {}
+        return {"options": options.options(owner)}, {}
     return {}, {}
 
 

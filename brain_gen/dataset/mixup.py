@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from brain_gen.config.errors import ConfigError
+from brain_gen.config.schema import MixupOptions
 from brain_gen.dataset.datasets import IGNORE_INDEX
 from brain_gen.dataset.mulaw import mu_law_encode
 from brain_gen.memory import empty_huge_page_backed
@@ -76,36 +77,27 @@ def one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
 class MixupCollate:
     """The collate function of MixupDataLoader (a class, so worker processes can pickle it)."""
 
-    def __init__(
-        self,
-        mixup_alpha: float = 0.0,
-        mixup_prob: float = 1.0,
-        num_classes: int | None = None,
-        quantize: bool = False,
-        mu: int = 255,
-        max_val: float = 10.0,
-        mix: bool = True,
-    ):
-        self.mixup_alpha = mixup_alpha
-        self.mixup_prob = mixup_prob
-        self.num_classes = num_classes
-        self.quantize = quantize
-        self.mu = mu
-        self.max_val = max_val
+    def __init__(self, options: MixupOptions | None = None, mix: bool = True, **keywords: Any):
+        """``options``, or its keys as keywords (``mixup_alpha=0.4``); defaults are MixupOptions'."""
+        self.options = MixupOptions.take(options, keywords)
+        if keywords:
+            raise TypeError(f"MixupCollate got unknown arguments: {', '.join(keywords)}")
         self.mix = mix
 
     def draw_weight(self) -> float | None:
         """This batch's lam, or None when the batch is not mixed."""
-        if not self.mix or self.mixup_alpha <= 0 or torch.rand(()).item() >= self.mixup_prob:
+        alpha = self.options.mixup_alpha
+        if not self.mix or alpha <= 0 or torch.rand(()).item() >= self.options.mixup_prob:
             return None
-        lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
         return max(lam, 1.0 - lam)
 
     def __call__(self, batch: list[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor]:
         inputs = [sample[0] for sample in batch]
         targets = [sample[1] for sample in batch]
         integer_targets = not targets[0].is_floating_point()
-        if self.mix and integer_targets and self.num_classes is None:
+        num_classes = self.options.num_classes
+        if self.mix and integer_targets and num_classes is None:
             raise ConfigError(
                 "dataloader.num_classes: the targets are integer classes, so mixing needs num_classes to one-hot them"
             )
@@ -121,8 +113,8 @@ class MixupCollate:
         position = _first_float_position(inputs[0] if tuple_input else [inputs[0]])
         signals = [item[position] for item in inputs] if tuple_input else inputs
         mixed = mix_pairs(signals, pairs, lam) if lam is not None else stack_batch(signals)
-        if self.quantize:
-            mixed = mu_law_encode(mixed, self.mu, self.max_val)
+        if self.options.quantize:
+            mixed = mu_law_encode(mixed, self.options.mu, self.options.max_val)
         if tuple_input:
             collated = list(default_collate([tuple(item) for item in inputs]))
             collated[position] = mixed
@@ -134,7 +126,7 @@ class MixupCollate:
             return batch_inputs, default_collate(targets)
         if integer_targets:
             # Soft targets on every training batch, mixed or not, so the loss sees one kind.
-            targets = [one_hot(target, self.num_classes) for target in targets]
+            targets = [one_hot(target, num_classes) for target in targets]
         batch_targets = mix_pairs(targets, pairs, lam) if lam is not None else stack_batch(targets)
         return batch_inputs, batch_targets
 
@@ -144,30 +136,17 @@ class MixupDataLoader(DataLoader):
 
     Args:
         dataset: any dataset of ``(inputs, targets)`` pairs.
-        mixup_alpha: alpha of Beta(alpha, alpha); 0 never mixes.
-        mixup_prob: chance that a batch is mixed.
-        num_classes: integer targets are one-hot encoded with this many classes and
-            blended into probabilities; required for integer targets.
-        quantize: after mixing, divide inputs by ``max_val`` and mu-law encode them with
-            ``mu`` into int64 codes.
-        mu, max_val: the quantization.
+        options: :class:`~brain_gen.config.schema.MixupOptions` (the `dataloader` keys
+            mixup_alpha, mixup_prob, num_classes, quantize, mu, max_val), or those keys
+            as keywords. Integer targets are one-hot encoded with ``num_classes`` and
+            blended into probabilities; with ``quantize``, inputs are divided by
+            ``max_val`` after mixing and mu-law encoded with ``mu`` into int64 codes.
         mix: False for validation and test loaders: same quantization, no mixing.
         **kwargs: any torch DataLoader argument (batch_size, shuffle, num_workers, ...).
     """
 
-    def __init__(
-        self,
-        dataset,
-        mixup_alpha: float = 0.0,
-        mixup_prob: float = 1.0,
-        num_classes: int | None = None,
-        quantize: bool = False,
-        mu: int = 255,
-        max_val: float = 10.0,
-        mix: bool = True,
-        **kwargs: Any,
-    ):
+    def __init__(self, dataset, options: MixupOptions | None = None, mix: bool = True, **kwargs: Any):
         if "collate_fn" in kwargs:
             raise ValueError("MixupDataLoader makes its own collate_fn")
-        self.mixup = MixupCollate(mixup_alpha, mixup_prob, num_classes, quantize, mu, max_val, mix)
+        self.mixup = MixupCollate(MixupOptions.take(options, kwargs), mix)
         super().__init__(dataset, collate_fn=self.mixup, **kwargs)

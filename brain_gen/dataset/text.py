@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from brain_gen.config.errors import ConfigError, DataError
-from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS
+from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS, TextOptions
 from brain_gen.dataset.datasets import IGNORE_INDEX, ChunkDataset
 from brain_gen.dataset.mulaw import mu_law_encode
 from brain_gen.dataset.splitter import Split
@@ -122,12 +122,16 @@ class TextCollate:
     word, hence which channel, a token starts in. No Python loop touches single tokens.
     """
 
-    def __init__(self, tokenizer_path: str | Path, max_length: int | None = None, use_separator: bool = True):
-        self.tokenizer_path = str(tokenizer_path)
-        self.max_length = max_length
-        self.use_separator = use_separator
+    def __init__(self, options: TextOptions | None = None, **keywords: Any):
+        """``options``, or its keys as keywords (``tokenizer_path=...``); defaults are TextOptions'."""
+        self.options = TextOptions.take(options, keywords)
+        if keywords:
+            raise TypeError(f"TextCollate got unknown arguments: {', '.join(keywords)}")
+        if self.options.tokenizer_path is None:
+            raise ConfigError("dataloader.tokenizer_path is required by TextDataLoader; train one with brain-gen tokenizer-text")
+        use_separator = self.options.use_separator
         self._tokenizer = None
-        tokenizer, self.special_tokens = open_tokenizer(tokenizer_path)
+        tokenizer, self.special_tokens = open_tokenizer(self.options.tokenizer_path)
         self.vocab_size = tokenizer.get_vocab_size()
         self.pad_id = self._token_id(tokenizer, "pad_token")
         if use_separator:
@@ -155,7 +159,7 @@ class TextCollate:
     @property
     def tokenizer(self):
         if self._tokenizer is None:  # reopened in worker processes
-            self._tokenizer, _ = open_tokenizer(self.tokenizer_path)
+            self._tokenizer, _ = open_tokenizer(self.options.tokenizer_path)
         return self._tokenizer
 
     def __getstate__(self) -> dict[str, Any]:
@@ -167,7 +171,7 @@ class TextCollate:
         """The text of one sample, with the length and channel of each channel word in order."""
         channels = getattr(sample, "channels", None) or list(range(len(sample[0])))
         sep, bos = self.special_tokens["sep_token"], self.special_tokens["bos_token"]
-        if self.use_separator:
+        if self.options.use_separator:
             text = " ".join(f"{bos} " + f" {sep} ".join(group) for group in sample)
         else:
             text = " ".join(" ".join(group) for group in sample)
@@ -206,8 +210,8 @@ class TextCollate:
         encodings = self.tokenizer.encode_batch([text for text, _, _ in rendered], add_special_tokens=False)
         rows = [encoding.ids for encoding in encodings]
         width = max(len(row) for row in rows)
-        if self.max_length is not None:
-            width = min(width, self.max_length + 1)
+        if self.options.max_length is not None:
+            width = min(width, self.options.max_length + 1)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         channel_ids = np.full((len(rows), width), NO_CHANNEL, dtype=np.int64)
         for index, (row, (_, word_lengths, word_owners)) in enumerate(zip(rows, rendered)):
@@ -264,19 +268,20 @@ class TextDataLoader(DataLoader):
     Args:
         dataset: a dataset of ChannelGroups (or plain lists of groups), or of
             ``(groups, target)`` pairs.
-        tokenizer_path: folder containing ``tokenizer/`` from ``brain-gen tokenizer-text``.
-        max_length: at most this many input tokens per sample (longer ones are cut).
-        use_separator: [SEP] between the channels of a group and [BOS] before each
-            group; with false, words are only separated by spaces.
+        options: :class:`~brain_gen.config.schema.TextOptions`, or its keys as keywords:
+            ``tokenizer_path``, the folder holding ``tokenizer/`` from ``brain-gen
+            tokenizer-text``; ``max_length``, at most this many input tokens per sample
+            (longer ones are cut); ``use_separator``, [SEP] between the channels of a
+            group and [BOS] before each group (with false, only spaces separate words).
         **kwargs: any torch DataLoader argument.
     """
 
-    def __init__(self, dataset, tokenizer_path: str | Path, max_length: int | None = None, use_separator: bool = True, **kwargs: Any):
+    def __init__(self, dataset, options: TextOptions | None = None, **kwargs: Any):
         if "collate_fn" in kwargs:
             raise ValueError("TextDataLoader makes its own collate_fn")
-        self.text = TextCollate(tokenizer_path, max_length, use_separator)
+        self.text = TextCollate(TextOptions.take(options, kwargs))
         self.vocab_size = self.text.vocab_size
-        self.sequence_length = max_length
+        self.sequence_length = self.text.options.max_length
         super().__init__(dataset, collate_fn=self.text, **kwargs)
 
 

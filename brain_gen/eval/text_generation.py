@@ -28,7 +28,7 @@ class ChannelTracker:
 
     def __init__(self, collate: Any, channels: int, group_size: int):
         tokenizer, special = collate.tokenizer, collate.special_tokens
-        self.use_separator = collate.use_separator
+        self.use_separator = collate.options.use_separator
         self.token_chars = collate.token_chars
         self.sep = tokenizer.token_to_id(special["sep_token"])
         self.bos = tokenizer.token_to_id(special["bos_token"])
@@ -67,7 +67,7 @@ def decode_groups(collate: Any, token_ids: list[int], channels: int, group_size:
     tokenizer, special = collate.tokenizer, collate.special_tokens
     pieces = [tokenizer.id_to_token(int(token)) or "" for token in token_ids]
     groups: list[list[str]] = []
-    if collate.use_separator:
+    if collate.options.use_separator:
         current: list[str] | None = None
         for piece in pieces:
             if piece == special["bos_token"]:

@@ -436,9 +436,10 @@ def checkpoint_callbacks(dirpath: Path, cadence_epochs: int | None = None) -> li
 
 def check_loader_fits_data(loader: Any, dataset: Any) -> None:
     """MixupDataLoader must be able to mix inputs and targets, and quantize inputs as the targets are coded."""
-    mixup = getattr(loader, "mixup", None)
-    if mixup is None or len(dataset) == 0:
+    collate = getattr(loader, "mixup", None)
+    if collate is None or len(dataset) == 0:
         return
+    mixup = collate.options
     inputs, targets = dataset[0]
     signals = inputs if isinstance(inputs, (tuple, list)) else [inputs]
     if not any(torch.is_tensor(item) and item.is_floating_point() for item in signals):
@@ -452,10 +453,10 @@ def check_loader_fits_data(loader: Any, dataset: Any) -> None:
     if mixup.num_classes is not None and vocab is not None and mixup.num_classes != vocab:
         raise ConfigError(f"dataloader.num_classes: {mixup.num_classes}, but the targets have {vocab} classes; set it to {vocab}")
     if mixup.quantize and vocab is not None:
-        for key in ("mu", "max_val"):
-            if getattr(dataset, key, getattr(mixup, key)) != getattr(mixup, key):
+        for key, value in (("mu", mixup.mu), ("max_val", mixup.max_val)):
+            if getattr(dataset, key, value) != value:
                 raise ConfigError(
-                    f"dataloader.{key}: {getattr(mixup, key)}, but the dataset codes its targets with {key}="
+                    f"dataloader.{key}: {value}, but the dataset codes its targets with {key}="
                     f"{getattr(dataset, key)}; inputs and targets must be quantized alike"
                 )
 
