@@ -7,12 +7,13 @@ mixed into sensors through a random lead field, plus sensor noise.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from brain_gen.dataset.session import SessionMeta, write_session
 
 # Source rhythms: (centre frequency in Hz, pole radius); a radius near 1 gives a sharp peak.
 SOURCE_RHYTHMS = ((10.0, 0.985), (20.0, 0.97), (2.0, 0.99))
@@ -27,33 +28,6 @@ def resonant_noise(n_samples: int, sfreq: float, frequency: float, radius: float
     for t in range(2, n_samples + 2):
         out[t] = a1 * out[t - 1] + a2 * out[t - 2] + drive[t]
     return out[2:]
-
-
-def write_session(
-    folder: Path,
-    chunks: list[np.ndarray],
-    sfreq: float,
-    ch_names: list[str],
-    pos_2d: list[list[float]],
-    subject: str | None = None,
-    ch_types: list[str] | None = None,
-) -> Path:
-    """Write one session in the chunked format: meta.json and ``<k>.npy`` per chunk.
-
-    Each chunk is ``[n_channels, n_samples]``; it is stored as float32 unless it is
-    already float16.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    meta: dict[str, Any] = {"sfreq": sfreq, "ch_names": ch_names, "pos_2d": pos_2d}
-    if ch_types is not None:
-        meta["ch_types"] = ch_types
-    if subject is not None:
-        meta["subject"] = subject
-    (folder / "meta.json").write_text(json.dumps(meta))
-    for index, chunk in enumerate(chunks):
-        dtype = np.float16 if chunk.dtype == np.float16 else np.float32
-        np.save(folder / f"{index}.npy", np.ascontiguousarray(chunk, dtype=dtype))
-    return folder
 
 
 def make_synthetic_dataset(
@@ -88,11 +62,7 @@ def make_synthetic_dataset(
         write_session(
             root / f"{subject}_ses-{session % sessions_per_subject + 1:02d}",
             [data[:, start : start + chunk_samples] for start in range(0, n_samples, chunk_samples)],
-            sfreq,
-            ch_names,
-            pos_2d,
-            subject=subject,
-            ch_types=["mag"] * n_channels,
+            SessionMeta(sfreq, ch_names, pos_2d, ch_types=["mag"] * n_channels, subject=subject),
         )
     return root
 
@@ -124,16 +94,15 @@ def make_evoked_dataset(
     n_samples, chunk_samples = int(session_seconds * sfreq), int(chunk_seconds * sfreq)
     for session in range(n_sessions):
         data = rng.standard_normal((n_channels, n_samples))
-        rows = ["onset\tduration\ttrial_type"]
+        events = []
         for onset in np.arange(1.0, session_seconds - 1.0, 1.0):
             label = classes[int(rng.integers(len(classes)))]
             start = int(round(onset * sfreq))
             data[:, start : start + len(response_times)] += amplitude * np.outer(patterns[label], bumps[label])
-            rows.append(f"{onset:.3f}\t0.0\t{label}")
+            events.append((float(onset), 0.0, label))
         chunks = [data[:, i : i + chunk_samples] for i in range(0, n_samples, chunk_samples)]
         subject = f"sub-{session // 2 + 1:02d}"
-        folder = write_session(Path(root) / f"{subject}_ses-{session % 2 + 1:02d}", chunks, sfreq, ch_names, positions, subject=subject)
-        (folder / "events.tsv").write_text("\n".join(rows) + "\n")
+        write_session(Path(root) / f"{subject}_ses-{session % 2 + 1:02d}", chunks, SessionMeta(sfreq, ch_names, positions, subject=subject), events)
     return Path(root)
 
 

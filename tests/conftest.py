@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from brain_gen.demo import make_synthetic_dataset, write_session
+from brain_gen.dataset.session import SessionMeta, write_session
+from brain_gen.demo import make_synthetic_dataset
 
 
 def write_constant_session(
@@ -22,7 +23,7 @@ def write_constant_session(
     ch_names = ch_names or ["A", "B"]
     chunks = [np.full((len(ch_names), length), float(k), dtype=np.float32) for k, length in enumerate(chunk_lengths)]
     positions = [[float(i), 0.0] for i in range(len(ch_names))]
-    return write_session(folder, chunks, sfreq, ch_names, positions, subject=subject)
+    return write_session(folder, chunks, SessionMeta(sfreq, ch_names, positions, subject=subject))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from brain_gen.config.schema import DataSplitterConfig
 from brain_gen.dataset.datasets import ChunkDataset, ChunkDatasetContinuous
 from brain_gen.dataset.mulaw import mu_law_decode, mu_law_encode
 from brain_gen.dataset.splitter import DataSplitter
-from brain_gen.demo import write_session
+from brain_gen.dataset.session import SessionMeta, write_session
 
 
 def test_mu_law_matches_closed_form():
@@ -37,7 +37,7 @@ def test_mu_law_round_trip_is_close_inside_range():
 
 def ramp_split(tmp_path, dtype=np.float32):
     data = np.stack([np.linspace(-5, 5, 40), np.linspace(5, -5, 40)]).astype(dtype)
-    write_session(tmp_path / "d" / "s0", [data], 10.0, ["A", "B"], [[0, 0], [1, 0]])
+    write_session(tmp_path / "d" / "s0", [data], SessionMeta(10.0, ["A", "B"], [[0, 0], [1, 0]]))
     config = DataSplitterConfig(dataset_root=str(tmp_path / "d"), example_seconds=2.0, val_ratio=0, test_ratio=0)
     return DataSplitter(config, tmp_path / "cache").split()["train"], data
 

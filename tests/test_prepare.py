@@ -351,6 +351,7 @@ def test_marked_bads_are_excluded_from_a_list_of_names_too(tmp_path):
 
 
 def test_an_interrupted_overwrite_keeps_the_old_session_whole_and_leftovers_are_cleaned(tmp_path, monkeypatch):
+    from brain_gen.dataset import session as session_module
     from brain_gen.dataset.session import list_session_dirs
 
     source = write_format(eeg_raw(), tmp_path / "raw", "fif")
@@ -358,7 +359,7 @@ def test_an_interrupted_overwrite_keeps_the_old_session_whole_and_leftovers_are_
     prepare_all([source], tmp_path / "out", settings, progress=False)
     session = tmp_path / "out" / "rec_raw"
     before = {path.name: path.read_bytes() for path in session.iterdir()}
-    real_replace = prepare_module.os.replace
+    real_replace = session_module.os.replace
     calls = []
 
     def interrupted_once(source_path, target_path):
@@ -367,7 +368,7 @@ def test_an_interrupted_overwrite_keeps_the_old_session_whole_and_leftovers_are_
             raise KeyboardInterrupt  # Ctrl-C just as the new session moves in
         return real_replace(source_path, target_path)
 
-    monkeypatch.setattr(prepare_module.os, "replace", interrupted_once)
+    monkeypatch.setattr(session_module.os, "replace", interrupted_once)  # the session writer's renames
     with pytest.raises(KeyboardInterrupt):
         prepare_all([source], tmp_path / "out", settings.model_copy(update={"clip": 3.0}), overwrite=True, progress=False)
     monkeypatch.undo()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from brain_gen.config.errors import DataError
-from brain_gen.dataset.session import list_chunk_files, scan_session, subject_from_name
+from brain_gen.dataset.session import SessionMeta, list_chunk_files, read_meta, scan_session, subject_from_name, write_session
 from tests.conftest import write_constant_session
 
 
@@ -75,3 +75,18 @@ def test_chunk_numbers_must_not_repeat_or_skip(tmp_path):
     (session / "1.npy").unlink()
     with pytest.raises(DataError, match=r"without gaps; 1.npy is missing"):
         list_chunk_files(session)
+
+
+def test_write_session_writes_what_read_meta_reads_and_never_overwrites_by_default(tmp_path):
+    meta = SessionMeta(250.0, ["A", "B"], [[0.0, 0.0], [1.0, 0.0]], ch_types=["eeg", "eeg"], subject="sub-01", extra={"source": "x.fif"})
+    chunks = [np.zeros((2, 5), dtype=np.float64), np.ones((2, 3), dtype=np.float16)]
+    folder = write_session(tmp_path / "s", chunks, meta, events=[(0.5, 0.0, "tone")])
+    assert read_meta(folder) == {"sfreq": 250.0, "ch_names": ["A", "B"], "pos_2d": [[0.0, 0.0], [1.0, 0.0]], "ch_types": ["eeg", "eeg"], "subject": "sub-01"}
+    assert json.loads((folder / "meta.json").read_text())["source"] == "x.fif"
+    assert [np.load(path).dtype for path in list_chunk_files(folder)] == [np.float32, np.float16]
+    assert (folder / "events.tsv").read_text().splitlines() == ["onset\tduration\ttrial_type", "0.500000\t0.000000\ttone"]
+    with pytest.raises(FileExistsError, match="nothing is overwritten"):
+        write_session(folder, chunks, meta)
+    write_session(folder, chunks[:1], meta, overwrite=True)
+    assert len(list_chunk_files(folder)) == 1 and not (folder / "events.tsv").exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["s"]

@@ -7,13 +7,17 @@ A session is a folder::
     <session>/<k>.npy       float32 or float16, shape [n_channels, n_samples], k = 0, 1, 2, ...
     <session>/events.tsv    optional, BIDS-style onset / duration / trial_type
 
-Chunks are memory-mapped and never unpickled.
+Chunks are memory-mapped and never unpickled. ``write_session`` writes the format (for
+`brain-gen prepare`, the demo and tests alike) and ``read_meta`` checks it on reading.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,78 @@ SUBJECT_TOKEN = re.compile(r"(?:^|[_\-/])(sub-[A-Za-z0-9]+)")
 ALLOWED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 # Samples per channel checked for NaN/Inf at a time, to bound memory on long chunks.
 FINITE_CHECK_BLOCK = 1 << 18
+# Hidden folders of a session being written, or of the one it replaces: never read as sessions.
+PARTIAL_PREFIX = ".partial-"
+REPLACED_PREFIX = ".replaced-"
+
+
+@dataclass
+class SessionMeta:
+    """What a session's meta.json holds.
+
+    ``extra`` is anything else worth keeping with the data, such as the provenance that
+    `brain-gen prepare` writes (source file, bad channels, settings); readers ignore it.
+    """
+
+    sfreq: float
+    ch_names: list[str]
+    pos_2d: list[list[float]]
+    ch_types: list[str] | None = None
+    subject: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"sfreq": float(self.sfreq), "ch_names": list(self.ch_names), "pos_2d": self.pos_2d}
+        data.update({key: value for key, value in (("ch_types", self.ch_types), ("subject", self.subject)) if value is not None})
+        return {**data, **self.extra}
+
+
+def write_session(
+    target: Path,
+    chunks: Iterable[np.ndarray],
+    meta: SessionMeta,
+    events: Iterable[tuple[float, float, str]] | None = None,
+    dtype: str | np.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write one session: ``<k>.npy`` per chunk ``[n_channels, n_samples]``, meta.json, and
+    events.tsv when ``events`` (onset, duration, trial_type) are given; returns ``target``.
+
+    Chunks are stored as ``dtype``; by default float16 ones stay float16 and others
+    become float32. The files go to a hidden folder that is then renamed to ``target``,
+    so ``target`` never holds a half-written session. An existing ``target`` is an error
+    unless it is an empty folder or ``overwrite`` is set: then it is renamed aside first and put back if the new one
+    fails to move in. A process killed outright leaves only hidden folders, which the
+    next write of the same session removes.
+    """
+    target = Path(target)
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target} already holds files; nothing is overwritten")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".*-{target.name}-*"):
+        if stale.name.startswith((PARTIAL_PREFIX, REPLACED_PREFIX)):
+            shutil.rmtree(stale, ignore_errors=True)
+    partial = target.with_name(f"{PARTIAL_PREFIX}{target.name}-{os.getpid()}")
+    replaced = target.with_name(f"{REPLACED_PREFIX}{target.name}-{os.getpid()}")
+    partial.mkdir()
+    try:
+        for index, chunk in enumerate(chunks):
+            chunk_dtype = dtype or (np.float16 if chunk.dtype == np.float16 else np.float32)
+            np.save(partial / f"{index}.npy", np.ascontiguousarray(chunk, dtype=chunk_dtype))
+        if events is not None:
+            lines = ["onset\tduration\ttrial_type", *(f"{onset:.6f}\t{length:.6f}\t{kind}" for onset, length, kind in events)]
+            (partial / "events.tsv").write_text("\n".join(lines) + "\n")
+        (partial / "meta.json").write_text(json.dumps(meta.to_json()))
+        if target.exists():
+            os.replace(target, replaced)
+        os.replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if replaced.exists() and not target.exists():
+            os.replace(replaced, target)  # put the old session back
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)
+    return target
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,6 @@ a temporary folder that is renamed into place only when complete.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -21,12 +18,11 @@ from typing import Any
 import numpy as np
 
 from brain_gen.config.schema import PrepareConfig
+from brain_gen.dataset.session import SessionMeta, write_session
 from brain_gen.preprocessing.recordings import Recording, RecordingUnusable, find_recordings, first_line, read_recording
 
 # Progress is reported after each of these steps.
 STEPS = ("read", "filter", "resample", "bad channels", "normalize", "write")
-PARTIAL_PREFIX = ".partial-"
-REPLACED_PREFIX = ".replaced-"
 # IQR of a standard normal distribution: dividing by IQR / 1.349 gives unit variance for Gaussian data.
 NORMAL_IQR = 1.349
 # Annotation descriptions that mark spans of data, not events.
@@ -260,60 +256,32 @@ def prepare_recording(
             np.clip(data, -settings.clip, settings.clip, out=data)
         pos_2d, unplaced = positions_2d(raw)
         report("normalize")
-        meta = {
-            "sfreq": float(raw.info["sfreq"]),
-            "ch_names": list(raw.ch_names),
-            "ch_types": raw.get_channel_types(),
-            "pos_2d": pos_2d,
-            "subject": recording.subject,
-            "source": str(recording.path),
-            "bads_marked": marked_bads,
-            "bads_detected": detected,
-            "positions_missing": unplaced,
-            "preprocessing": settings.model_dump(mode="json"),
-        }
-        write_session(target, data, meta, events, settings, overwrite)
+        sfreq = float(raw.info["sfreq"])
+        meta = SessionMeta(
+            sfreq=sfreq,
+            ch_names=list(raw.ch_names),
+            pos_2d=pos_2d,
+            ch_types=raw.get_channel_types(),
+            subject=recording.subject,
+            extra={
+                "source": str(recording.path),
+                "bads_marked": marked_bads,
+                "bads_detected": detected,
+                "positions_missing": unplaced,
+                "preprocessing": settings.model_dump(mode="json"),
+            },
+        )
+        chunk_samples = max(1, round(settings.chunk_seconds * sfreq))
+        chunks = (data[:, start : start + chunk_samples] for start in range(0, data.shape[1], chunk_samples))
+        duration = data.shape[1] / sfreq
+        kept_events = [(onset, length, kind) for onset, length, kind in events if 0 <= onset < duration]
+        write_session(target, chunks, meta, kept_events, dtype=settings.dtype, overwrite=overwrite)
         report("write")
     except RecordingUnusable as exc:
         outcome.status, outcome.detail = "skipped", str(exc)
     except Exception as exc:  # a readable recording that could not be prepared: reported, never fatal
         outcome.status, outcome.detail = "failed", first_line(exc)
     return outcome
-
-
-def write_session(target: Path, data: np.ndarray, meta: dict[str, Any], events: list[tuple[float, float, str]],
-                  settings: PrepareConfig, overwrite: bool) -> None:
-    """Write chunks, meta.json and events.tsv to a temporary folder, then rename it to ``target``.
-
-    With ``overwrite``, the old session is first renamed aside, so that at no moment
-    does ``target`` hold a mix of old and new files; if the new one fails to move in,
-    the old one is put back. A run killed outright leaves only hidden folders, which
-    never count as sessions and are removed by the next run.
-    """
-    replaced = target.with_name(f"{REPLACED_PREFIX}{target.name}-{os.getpid()}")
-    for stale in target.parent.glob(f".*-{target.name}-*"):
-        if stale.name.startswith((PARTIAL_PREFIX, REPLACED_PREFIX)):
-            shutil.rmtree(stale, ignore_errors=True)
-    partial = target.with_name(f"{PARTIAL_PREFIX}{target.name}-{os.getpid()}")
-    partial.mkdir(parents=True)
-    try:
-        chunk_samples = max(1, round(settings.chunk_seconds * meta["sfreq"]))
-        for index, start in enumerate(range(0, data.shape[1], chunk_samples)):
-            np.save(partial / f"{index}.npy", np.ascontiguousarray(data[:, start : start + chunk_samples], dtype=settings.dtype))
-        duration = data.shape[1] / meta["sfreq"]
-        lines = ["onset\tduration\ttrial_type"]
-        lines += [f"{onset:.6f}\t{length:.6f}\t{kind}" for onset, length, kind in events if 0 <= onset < duration]
-        (partial / "events.tsv").write_text("\n".join(lines) + "\n")
-        (partial / "meta.json").write_text(json.dumps(meta))
-        if target.exists() and overwrite:
-            os.replace(target, replaced)
-        os.replace(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        if replaced.exists() and not target.exists():
-            os.replace(replaced, target)  # put the old session back
-        raise
-    shutil.rmtree(replaced, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- many recordings
