@@ -9,7 +9,6 @@ Target: our collate reaches at least 0.5x the raw throughput.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import numpy as np
 

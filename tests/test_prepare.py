@@ -16,7 +16,8 @@ from brain_gen.config.errors import DataError
 from brain_gen.config.schema import PrepareConfig
 from brain_gen.dataset.session import scan_session
 from brain_gen.preprocessing import prepare as prepare_module
-from brain_gen.preprocessing.prepare import detect_bad_channels, prepare_all, robust_zscore
+from brain_gen.preprocessing.prepare import prepare_all
+from brain_gen.preprocessing.steps import detect_bad_channels, robust_zscore, standard_montage_name
 from brain_gen.preprocessing.recordings import find_recordings
 from tests.conftest import tiny_config
 from tests.test_training import scalars
@@ -33,7 +34,7 @@ def eeg_raw(seed: int = 0, sfreq: float = SFREQ) -> mne.io.RawArray:
     data = 2e-5 * np.sin(2 * np.pi * 10 * times) * rng.uniform(0.5, 1.5, (len(EEG_NAMES), 1))
     data = data + 1e-5 * rng.standard_normal((len(EEG_NAMES), len(times)))
     raw = mne.io.RawArray(data, mne.create_info(EEG_NAMES, sfreq, "eeg"), verbose="error")
-    raw.set_montage(prepare_module.standard_montage_name(), verbose="error")
+    raw.set_montage(standard_montage_name(), verbose="error")
     raw.set_annotations(mne.Annotations(*zip(*EVENTS)))
     return raw
 

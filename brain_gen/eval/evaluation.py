@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from brain_gen.config.errors import ConfigError, DataError
+from brain_gen.config.errors import ConfigError
 from brain_gen.config.registry import instantiate, resolve_class
 from brain_gen.config.schema import EvalRunnerConfig, ExperimentConfig
 from brain_gen.dataset import DATASETS

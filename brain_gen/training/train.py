@@ -21,7 +21,7 @@ from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.loading import load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.registry import instantiate, resolve_class
-from brain_gen.config.schema import ExperimentConfig, ResumeContextConfig
+from brain_gen.config.schema import ResumeContextConfig
 from brain_gen.dataset import DATASETS
 from brain_gen.dataset.datamodule import BrainDataModule
 from brain_gen.dataset.loaders import BUILTIN_LOADERS, loader_extras
