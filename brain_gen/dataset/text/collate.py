@@ -1,19 +1,8 @@
-"""Brain signals as text: mu-law codes become characters, BPE learns their patterns.
-
-Each code c is written as the character ``chr(CODE_CHAR_OFFSET + c)``. A window is
-cut into groups of ``group_size`` time steps; in each group, every channel becomes
-one "word" of ``group_size`` characters. A Hugging Face ``tokenizers`` BPE model is
-trained on these words, and TextDataLoader turns samples into token batches:
-
-    [BOS] w(ch0) [SEP] w(ch1) [SEP] ... [BOS] w(ch0) [SEP] ...     (use_separator: true)
-    w(ch0) w(ch1) ... w(ch0) w(ch1) ...                             (use_separator: false)
-"""
+"""Batches of signal text: TextCollate tokenizes samples into ids, attention mask and the channel of
+every token; TextDataLoader is a DataLoader that uses it."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,95 +10,12 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from brain_gen.config.errors import ConfigError, DataError
-from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS, TextOptions
-from brain_gen.dataset.datasets import IGNORE_INDEX, ChunkDataset
-from brain_gen.dataset.mulaw import mu_law_encode
-from brain_gen.dataset.splitter import Split
+from brain_gen.config.schema import TextOptions
+from brain_gen.dataset.datasets import IGNORE_INDEX
+from brain_gen.dataset.text.tokenizer import open_tokenizer
 
-# Codes map to Latin Extended and later letters: never whitespace, never a special token.
-CODE_CHAR_OFFSET = 0x100
-SPECIAL_TOKEN_ROLES = ("pad_token", "sep_token", "bos_token", "unk_token")
-TOKENIZER_FILE = "tokenizer.json"
+# The channel id of separators and padding.
 NO_CHANNEL = -1
-
-
-def code_alphabet(mu: int) -> list[str]:
-    """The characters of codes 0..mu."""
-    return [chr(CODE_CHAR_OFFSET + code) for code in range(mu + 1)]
-
-
-class ChannelGroups(list):
-    """A sample: a list of groups, each the list of per-channel strings of one group of time steps.
-
-    ``channels`` gives, for each string position in a group, the channel's index in
-    the dataset's channel layout (channels a session lacks are left out).
-    """
-
-    def __init__(self, groups: Iterable[list[str]], channels: list[int]):
-        super().__init__(groups)
-        self.channels = channels
-
-
-class BPEDataset(ChunkDataset):
-    """Windows of mu-law codes rendered as text groups for BPE.
-
-    Args:
-        split: the split to read.
-        max_val, mu: the mu-law coding (as ChunkDataset).
-        group_size: time steps per group; every channel's string in a group has this
-            many characters (the last group of a window may be shorter).
-    """
-
-    def __init__(self, split: Split, max_val: float = 10.0, mu: int = 255, group_size: int = 4):
-        super().__init__(split, max_val=max_val, mu=mu)
-        if group_size < 1:
-            raise ValueError(f"group_size must be at least 1, got {group_size}")
-        self.group_size = int(group_size)
-        self.alphabet = np.array(code_alphabet(self.mu))
-        # A text sequence has no fixed length in time steps: the model is checked against
-        # the tokenizer instead.
-        self.sequence_length = None
-        self.vocab_size = None
-
-    def __getitem__(self, index: int) -> ChannelGroups:
-        window, present = self.read_window(index)
-        codes = self.encode(window)
-        channels = np.flatnonzero(present)
-        letters = self.alphabet[codes[channels]]  # [channels, time] array of characters
-        rows = ["".join(row) for row in letters]
-        step = self.group_size
-        groups = [[row[start : start + step] for row in rows] for start in range(0, codes.shape[1], step)]
-        return ChannelGroups(groups, channels.tolist())
-
-    def encode(self, window: np.ndarray) -> np.ndarray:
-        return mu_law_encode(torch.from_numpy(window), self.mu, self.max_val).numpy()
-
-
-def load_special_tokens(tokenizer_dir: Path) -> dict[str, str]:
-    config_path = tokenizer_dir / "tokenizer_config.json"
-    if not config_path.is_file():
-        return dict(DEFAULT_SPECIAL_TOKENS)
-    config = json.loads(config_path.read_text())
-    return {role: config.get(role, default) for role, default in DEFAULT_SPECIAL_TOKENS.items()}
-
-
-def open_tokenizer(tokenizer_path: str | Path):
-    """The tokenizer in ``<tokenizer_path>/tokenizer/`` and its special tokens by role."""
-    from tokenizers import Tokenizer
-
-    folder = Path(tokenizer_path) / "tokenizer"
-    if not Path(tokenizer_path).is_dir():
-        raise ConfigError(f"dataloader.tokenizer_path: folder not found: {tokenizer_path}; train one with brain-gen tokenizer-text")
-    if not (folder / TOKENIZER_FILE).is_file():
-        raise ConfigError(
-            f"dataloader.tokenizer_path: {folder / TOKENIZER_FILE} not found; the folder must contain tokenizer/ "
-            "as written by brain-gen tokenizer-text"
-        )
-    try:
-        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-    except Exception as exc:  # the library raises its own exception types
-        raise ConfigError(f"dataloader.tokenizer_path: cannot read {folder / TOKENIZER_FILE} ({exc})") from exc
-    return tokenizer, load_special_tokens(folder)
 
 
 class TextCollate:
@@ -283,52 +189,3 @@ class TextDataLoader(DataLoader):
         self.vocab_size = self.text.vocab_size
         self.sequence_length = self.text.options.max_length
         super().__init__(dataset, collate_fn=self.text, **kwargs)
-
-
-def train_text_tokenizer(
-    samples: Iterable[list[list[str]]],
-    out_dir: str | Path,
-    alphabet: list[str],
-    vocab_size: int = 4096,
-    min_frequency: int = 2,
-    special_tokens: dict[str, str] | None = None,
-) -> Path:
-    """Train a BPE tokenizer on the channel words of ``samples``; write ``<out_dir>/tokenizer/``.
-
-    Besides ``tokenizer.json`` it writes ``tokenizer_config.json`` and
-    ``special_tokens_map.json``, so that ``transformers.AutoTokenizer`` can load the folder.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    special = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
-    if len(set(special.values())) != len(special):
-        raise ConfigError(f"tokenizer-text: the special tokens must differ from each other, got {special}")
-    for role, token in special.items():
-        if not token or any(char.isspace() for char in token) or token in alphabet:
-            raise ConfigError(f"tokenizer-text --{role.replace('_', '-')}: {token!r} must be non-empty, without spaces, and not a code character")
-    folder = Path(out_dir) / "tokenizer"
-    if folder.exists():
-        raise ConfigError(f"tokenizer-text --out: {folder} already exists; choose a new folder (nothing is overwritten)")
-    tokenizer = Tokenizer(models.BPE(unk_token=special["unk_token"]))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=[special[role] for role in SPECIAL_TOKEN_ROLES],
-        initial_alphabet=alphabet,
-        show_progress=False,
-    )
-
-    def words():
-        for sample in samples:
-            for group in sample:
-                yield " ".join(group)
-
-    tokenizer.train_from_iterator(words(), trainer)
-    folder.mkdir(parents=True)
-    tokenizer.save(str(folder / TOKENIZER_FILE))
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000_000, **special}, indent=2)
-    )
-    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    return folder
