@@ -23,19 +23,24 @@ import traceback
 from pathlib import Path
 
 
-@contextlib.contextmanager
-def output_to(path: Path):
-    """Send this process's stdout and stderr (file descriptors 1 and 2) to ``path`` for a while."""
+def send_output_to(path: str | Path) -> None:
+    """Append this process's stdout and stderr (file descriptors 1 and 2) to ``path`` from now on."""
     sys.stdout.flush(), sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     with open(path, "a") as log_file:
         os.dup2(log_file.fileno(), 1), os.dup2(log_file.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-            os.close(saved[0]), os.close(saved[1])
+
+
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Send this process's stdout and stderr to ``path`` for a while."""
+    saved = os.dup(1), os.dup(2)
+    send_output_to(path)
+    try:
+        yield
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        os.close(saved[0]), os.close(saved[1])
 
 
 def lower_priority() -> None:
@@ -103,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = json.loads(sys.stdin.readline() or "{}")
     if setup.get("log"):
         # Started before the run's folder existed: from now on write into the run's worker.log.
-        sys.stdout.flush(), sys.stderr.flush()
-        with open(setup["log"], "a") as log_file:
-            os.dup2(log_file.fileno(), 1), os.dup2(log_file.fileno(), 2)
+        send_output_to(setup["log"])
     evaluation, setup_error = None, None
     try:
         # The run checked its trainer keys already; skipping that keeps Lightning out of this process.
