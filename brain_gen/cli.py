@@ -320,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             except BrainGenError as exc:
                 if args.debug:
                     raise
-                print(f"brain-gen: error: {exc}", file=sys.stderr)
+                # One line per problem, each naming its key or file.
+                for problem in getattr(exc, "problems", None) or [str(exc)]:
+                    print(f"brain-gen: error: {problem}", file=sys.stderr)
                 return EXIT_BAD_INPUT
     finally:
         if args.eval_process is not None:

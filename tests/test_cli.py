@@ -64,7 +64,7 @@ def corrupt_first_chunk(dataset_root, array):
         (lambda c: c.update(eval_runner={"enabled": True, "generator": {"sampling": {"strategy": "nucleus"}}}), "train", "eval_runner.generator.sampling.strategy: input should be 'argmax', 'roulette', 'top_k' or 'top_p'"),
         (lambda c: c["trainer"].update(early_stopping={"monitor": "val_loss"}), "train", "trainer.early_stopping.monitor: 'val_loss' is never logged (did you mean val/loss?)"),
         (lambda c: c["trainer"].update(callbacks=["LearningRateMonitr"]), "train", "trainer.callbacks.0.class_path: 'LearningRateMonitr' is not a Lightning callback (did you mean LearningRateMonitor?)"),
-        (lambda c: c["trainer"].update(callbacks=[{"class_path": "LearningRateMonitor", "init_args": {"interval": "step", "log_moment": True}}]), "train", "trainer.callbacks.0.init_args.log_moment: not an argument of LearningRateMonitor (did you mean log_momentum?)"),
+        (lambda c: c["trainer"].update(callbacks=[{"class_path": "LearningRateMonitor", "init_args": {"log_moment": True}}]), "train", "trainer.callbacks.0.init_args.log_moment: not an argument of LearningRateMonitor (did you mean log_momentum?)"),
         (lambda c: c["trainer"].update(validate_before_resume=True), "train", "trainer.validate_before_resume only applies when resuming"),
         (lambda c: None, "test", "resume_from: testing needs a checkpoint"),
         (lambda c: c["trainer"].update(strategy="foo"), "train", "trainer: "),
@@ -81,6 +81,39 @@ def test_bad_config_exits_2_with_one_line(capsys, config_file, change, command, 
     assert code == 2
     assert len(err) == 1 and err[0].startswith("brain-gen: error: ")
     assert expected in err[0]
+
+
+def _several_mistakes(config):
+    config["lightning"].update(lr="fast", lr_scheduler={"class_name": "CosineAnnealing"})
+    config["trainer"].update(max_epoch=2)
+
+
+def _several_setup_mistakes(config):
+    config["lightning"].update(lr_scheduler={"class_name": "CosineAnnealing"})
+    config["trainer"].update(accelerator="cuda")
+    config.update(resume_from="missing.ckpt")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        # Schema errors and Trainer-argument errors together: neither hides the other.
+        (_several_mistakes, ["lightning.lr: input should be a valid number", "trainer.max_epoch: unknown key (did you mean max_epochs?)"]),
+        # Every problem the config alone shows, in one pass before data is read.
+        (_several_setup_mistakes, ["lightning.lr_scheduler.class_name: 'CosineAnnealing' is not a scheduler", "resume_from: checkpoint not found:", "trainer: `CUDAAccelerator` can not run on your system"]),
+        (
+            lambda c: c["trainer"].update(callbacks=[{"class_path": "LearningRateMonitor", "init_args": {"interval": "step", "log_moment": True}}]),
+            ["trainer.callbacks.0.init_args.interval: not an argument of LearningRateMonitor", "trainer.callbacks.0.init_args.log_moment: not an argument of LearningRateMonitor (did you mean log_momentum?)"],
+        ),
+    ],
+)
+def test_every_problem_gets_its_own_line(capsys, config_file, change, expected):
+    code, err = run_cli(capsys, "train", str(config_file(change)))
+    assert code == 2
+    assert len(err) == len(expected) and all(line.startswith("brain-gen: error: ") for line in err)
+    for line, text in zip(err, expected):
+        assert text in line
+    assert not (config_file().parent / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,17 @@ def test_switched_off_values_are_accepted(tmp_path, tiny_dataset):
     types = {type(callback).__name__ for callback in trainer.callbacks}
     assert not types & {"BatchSizeFinder", "EarlyStopping"} and trainer.global_step == 2
     assert trainer.lr_scheduler_configs == [] and not any(name.startswith("_orig_mod") for name, _ in experiment.lit_model.named_parameters())
-    assert experiment.config.lightning.resume_token_corruption is False
+    # false is normalised to null: code only asks `is not None`.
+    assert experiment.config.lightning.resume_token_corruption is None
+
+
+def test_resume_token_corruption_true_becomes_the_model_configs_settings(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, resume_from="earlier.ckpt", lightning={"resume_token_corruption": True})
+    config["model_config"] = {**config["model_config"], "token_corruption_cfg": {"p": 0.25}}
+    assert load_config(config).lightning.resume_token_corruption == {"p": 0.25}
+    del config["model_config"]["token_corruption_cfg"]
+    with pytest.raises(ConfigError, match="lightning.resume_token_corruption: true reuses model_config.token_corruption_cfg, which is not set"):
+        load_config(config)
 
 
 def test_default_batch_size_tuning_is_skipped_on_cpu_with_a_notice(tmp_path, tiny_dataset, caplog):

@@ -309,7 +309,7 @@ def test_resume_context_needs_a_resizable_model(capsys, tmp_path, tiny_dataset, 
     )
     config["model_config"] = {"num_channels": 4}
     assert "lightning.resume_context: LastValueModel has no resize_context method" in cli_error(capsys, tmp_path, config)
-    config["lightning"] = {"lr": 1e-3, "weight_decay": 0.0, "resume_token_corruption": True}
+    config["lightning"] = {"lr": 1e-3, "weight_decay": 0.0, "resume_token_corruption": {"p": 0.1}}
     assert "lightning.resume_token_corruption: LastValueModel has no update_token_corruption_cfg" in cli_error(capsys, tmp_path, config)
 
 

@@ -15,7 +15,24 @@ class BrainGenError(Exception):
 
 
 class ConfigError(BrainGenError):
-    """A config key is missing, unknown, of the wrong type or inconsistent."""
+    """A config key is missing, unknown, of the wrong type or inconsistent.
+
+    Takes one message, or the list of every problem a check pass found (each one
+    line naming its key): ``problems`` keeps them apart, so that the CLI prints one
+    line per problem; the message joins them with "; ".
+    """
+
+    def __init__(self, problems: str | list[str]):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = [" ".join(str(problem).split()) for problem in problems]
+        super().__init__("; ".join(self.problems))
+
+
+def raise_problems(problems: list[str]) -> None:
+    """Raise one ConfigError holding every problem, if there is any."""
+    if problems:
+        raise ConfigError(problems)
 
 
 class DataError(BrainGenError):

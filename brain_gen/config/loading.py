@@ -1,7 +1,7 @@
 """Load a config: read YAML, apply ``--set`` overrides, resolve paths, validate.
 
-Every problem found is collected into a single ConfigError whose message is one
-line, each problem naming its dotted key.
+Every problem found is collected into a single ConfigError: one line per problem,
+each naming its dotted key.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from brain_gen.config.errors import ConfigError, did_you_mean
-from brain_gen.config.schema import TRAINER_CUSTOM_KEYS, ExperimentConfig, PrepareConfig
+from brain_gen.config.schema import TRAINER_CUSTOM_KEYS, ExperimentConfig, PrepareConfig, TrainerConfig
 
 # Keys the framework sets itself on pytorch_lightning.Trainer, with what to use instead.
 TRAINER_MANAGED_KEYS = {
@@ -146,11 +146,24 @@ def load_config(
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("; ".join(describe_validation_errors(exc, data, ExperimentConfig))) from None
-    problems = check_trainer_kwargs(config) if check_trainer else []
+        problems = describe_validation_errors(exc, data, ExperimentConfig)
+        # The Trainer arguments are checked too, so that a schema error does not hide them.
+        if check_trainer:
+            problems += check_trainer_kwargs(_trainer_passthrough(data))
+        raise ConfigError(problems) from None
+    problems = check_trainer_kwargs(config.trainer.model_extra or {}) if check_trainer else []
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(problems)
     return config
+
+
+def _trainer_passthrough(data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a raw ``trainer`` mapping that go to pytorch_lightning.Trainer (not brain-gen's own)."""
+    trainer = data.get("trainer")
+    if not isinstance(trainer, dict):
+        return {}
+    own = set(TrainerConfig.model_fields) | {field.alias for field in TrainerConfig.model_fields.values() if field.alias}
+    return {key: value for key, value in trainer.items() if key not in own}
 
 
 def load_prepare_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PrepareConfig:
@@ -173,7 +186,7 @@ def load_prepare_config(path: str | os.PathLike | None, overrides: list[str] | N
     try:
         return PrepareSection.model_validate(data).prepare
     except ValidationError as exc:
-        raise ConfigError("; ".join(describe_validation_errors(exc, data, PrepareSection))) from None
+        raise ConfigError(describe_validation_errors(exc, data, PrepareSection)) from None
 
 
 class PrepareSection(BaseModel):
@@ -309,15 +322,15 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def check_trainer_kwargs(config: ExperimentConfig) -> list[str]:
+def check_trainer_kwargs(passthrough: dict[str, Any]) -> list[str]:
     """Check the keys handed to pytorch_lightning.Trainer against its signature.
 
-    Values pass through pydantic with Trainer's own annotations, so ``max_epochs: "3"``
-    reaches Trainer as the int 3 and ``max_epochs: three`` is an error here.
+    Values pass through pydantic with Trainer's own annotations and are replaced in
+    ``passthrough``, so ``max_epochs: "3"`` reaches Trainer as the int 3 and
+    ``max_epochs: three`` is an error here.
     """
     parameters = _trainer_parameters()
     problems = []
-    passthrough = config.trainer.model_extra or {}
     for key, value in list(passthrough.items()):
         if key in TRAINER_MANAGED_KEYS:
             problems.append(f"trainer.{key}: set by brain-gen; {TRAINER_MANAGED_KEYS[key]}")

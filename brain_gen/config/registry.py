@@ -77,7 +77,7 @@ def instantiate(key: str, cls, kwargs: Mapping, *args):
     """
     problems = check_arguments(key, cls, kwargs, len(args))
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(problems)
     try:
         return cls(*args, **kwargs)
     except (ValueError, TypeError) as exc:

@@ -261,8 +261,12 @@ class LightningConfig(Section):
     resume_context: ResumeContextConfig | None = Field(
         default=None, description="After resuming, resize the model's context (needs `resize_context`)."
     )
-    resume_token_corruption: dict[str, Any] | bool | None = Field(
-        default=None, description="After resuming, replace the token corruption settings; true reuses the model config's."
+    resume_token_corruption: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "After resuming, replace the token corruption settings with this mapping; "
+            "true reuses model_config.token_corruption_cfg, false is null."
+        ),
     )
     compile: bool = Field(default=False, description="Wrap the model with torch.compile.")
     benchmark_train_step: bool = Field(
@@ -276,6 +280,17 @@ class LightningConfig(Section):
     lr_warmup: LRWarmupConfig | None = Field(
         default=None, description="Linear warmup: a number of steps, or a mapping with steps and interval."
     )
+
+    @field_validator("resume_token_corruption", mode="before")
+    @classmethod
+    def _token_corruption_mapping_or_none(cls, value: Any) -> Any:
+        # Normalised here, so that code only asks `is not None`. A whole experiment config
+        # turns `true` into model_config.token_corruption_cfg before this runs.
+        if value is False:
+            return None
+        if value is True:
+            raise ValueError("true reuses model_config.token_corruption_cfg, which only a whole experiment config has; give the settings as a mapping")
+        return value
 
     @field_validator("lr_warmup", mode="before")
     @classmethod
@@ -326,7 +341,7 @@ class LightningConfig(Section):
             "resume_lr": self.resume_lr is not None,
             "resume_weight_decay": self.resume_weight_decay is not None,
             "resume_context": self.resume_context is not None,
-            "resume_token_corruption": self.resume_token_corruption not in (None, False),
+            "resume_token_corruption": self.resume_token_corruption is not None,
         }
         return [key for key, is_set in asked.items() if is_set]
 
@@ -593,6 +608,22 @@ class ExperimentConfig(Section):
 
     # `model_config` is a pydantic reserved name, hence the alias above.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_resume_token_corruption(cls, data: Any) -> Any:
+        """``lightning.resume_token_corruption: true`` becomes the model config's own settings."""
+        lightning = data.get("lightning") if isinstance(data, dict) else None
+        if not (isinstance(lightning, dict) and lightning.get("resume_token_corruption") is True):
+            return data
+        model_kwargs = data.get("model_config", data.get("model_kwargs"))
+        settings = model_kwargs.get("token_corruption_cfg") if isinstance(model_kwargs, dict) else None
+        if not isinstance(settings, dict):
+            raise ValueError(
+                "lightning.resume_token_corruption: true reuses model_config.token_corruption_cfg, which is not set; "
+                "set it, or give the settings as a mapping"
+            )
+        return {**data, "lightning": {**lightning, "resume_token_corruption": dict(settings)}}
 
     @model_validator(mode="after")
     def _check_loader_extras(self) -> ExperimentConfig:

@@ -33,7 +33,7 @@ def loader_extras(config: ExperimentConfig, loader_class: type) -> tuple[dict[st
     owner = next((name for name, base in bases.items() if issubclass(loader_class, base)), None)
     problems = options.misplaced_keys(owner, config.dataloader_class)
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(problems)
     if owner == "MixupDataLoader":
         return {"options": options.options(owner)}, {"mix": False}
     if owner == "TextDataLoader":

@@ -21,12 +21,30 @@ from brain_gen.dataset.mulaw import mu_law_encode
 from brain_gen.memory import empty_huge_page_backed
 
 
-def _first_float_position(inputs: Any) -> int:
-    """Index of the first floating tensor in a tuple of inputs."""
+def _first_float_position(inputs: Any) -> int | None:
+    """Index of the first floating tensor in a tuple of inputs, or None."""
     for position, item in enumerate(inputs):
         if torch.is_tensor(item) and item.is_floating_point():
             return position
-    raise ConfigError("dataloader_class: MixupDataLoader needs a floating-point input tensor to mix; the dataset gives none")
+    return None
+
+
+def sample_problems(options: MixupOptions, sample: tuple[Any, torch.Tensor], mix: bool = True) -> list[str]:
+    """What keeps MixUp from working on samples like this ``(inputs, targets)`` pair.
+
+    Checked before training on the dataset's first sample, and by the collate on its
+    first batch (for loaders built outside a config).
+    """
+    inputs, targets = sample
+    problems = []
+    if _first_float_position(inputs if isinstance(inputs, (tuple, list)) else [inputs]) is None:
+        problems.append(
+            "datasplitter.dataset_class: MixupDataLoader blends floating-point inputs, but the dataset gives "
+            f"{getattr(inputs, 'dtype', type(inputs).__name__)} inputs; use ChunkDatasetContinuous (with target: codes to train on codes)"
+        )
+    if mix and not targets.is_floating_point() and options.num_classes is None:
+        problems.append("dataloader.num_classes: the targets are integer classes, so MixupDataLoader needs num_classes to one-hot them")
+    return problems
 
 
 def _new_batch_tensor(like: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -83,6 +101,7 @@ class MixupCollate:
         if keywords:
             raise TypeError(f"MixupCollate got unknown arguments: {', '.join(keywords)}")
         self.mix = mix
+        self._checked = False
 
     def draw_weight(self) -> float | None:
         """This batch's lam, or None when the batch is not mixed."""
@@ -93,14 +112,15 @@ class MixupCollate:
         return max(lam, 1.0 - lam)
 
     def __call__(self, batch: list[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor]:
+        if not self._checked:
+            problems = sample_problems(self.options, batch[0], self.mix)
+            if problems:
+                raise ConfigError(problems)
+            self._checked = True
         inputs = [sample[0] for sample in batch]
         targets = [sample[1] for sample in batch]
         integer_targets = not targets[0].is_floating_point()
         num_classes = self.options.num_classes
-        if self.mix and integer_targets and num_classes is None:
-            raise ConfigError(
-                "dataloader.num_classes: the targets are integer classes, so mixing needs num_classes to one-hot them"
-            )
         lam = self.draw_weight()
         order = torch.randperm(len(batch)).tolist()
         pairs = [(order[k], order[k + 1]) for k in range(0, len(order) - 1, 2)]

@@ -16,7 +16,8 @@ from brain_gen.eval.evaluation import Evaluation, evaluation_folder_name, read_c
 def resolve_checkpoint(config: ExperimentConfig, spec: str) -> Path:
     """``--ckpt``: a path, or ``last`` / ``best``, the newest such checkpoint under ``save_dir``."""
     from brain_gen.training.checkpointing import newest_complete_checkpoint
-    from brain_gen.training.train import check_checkpoint_file
+    from brain_gen.config.errors import raise_problems
+    from brain_gen.training.checks import checkpoint_file_problems
 
     if spec in ("last", "best"):
         found = newest_complete_checkpoint(config.save_dir, prefix=f"{spec}-checkpoint")
@@ -24,7 +25,7 @@ def resolve_checkpoint(config: ExperimentConfig, spec: str) -> Path:
             raise ConfigError(f"--ckpt {spec}: no {spec}-checkpoint*.ckpt under save_dir {config.save_dir}; train first or give a path")
         return found
     path = Path(spec).expanduser().resolve()
-    check_checkpoint_file("--ckpt", path)
+    raise_problems(checkpoint_file_problems("--ckpt", path))
     return path
 
 

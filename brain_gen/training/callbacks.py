@@ -42,7 +42,7 @@ def user_callbacks(entries: list[Any]) -> list[pl.Callback]:
         callback_class = _callback_class(f"{key}.class_path", class_path)
         problems = check_arguments(f"{key}.init_args", callback_class, init_args)
         if problems:
-            raise ConfigError("; ".join(problems))
+            raise ConfigError(problems)
         try:
             built.append(callback_class(**init_args))
         except (ValueError, TypeError, MisconfigurationException) as exc:

@@ -8,7 +8,6 @@ optimizer telemetry, torch.compile, and the overrides applied when a run resumes
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import time
 from typing import Any
@@ -19,8 +18,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import lr_scheduler as torch_schedulers
 
-from brain_gen.config.errors import ConfigError, did_you_mean
-from brain_gen.config.registry import check_arguments
+from brain_gen.config.errors import ConfigError
 from brain_gen.config.schema import LightningConfig
 from brain_gen.models import COMPILED_PREFIX, call_model
 
@@ -38,37 +36,6 @@ def scheduler_classes() -> dict[str, type]:
         and value is not torch_schedulers.LRScheduler
         and not name.startswith("_")
     }
-
-
-def check_lr_schedule(config: LightningConfig) -> None:
-    """Resolve the scheduler class and check its arguments; fails before anything runs.
-
-    The scheduler is built once on a throwaway optimizer, so that bad values (not
-    only bad names) are found now rather than when training starts.
-    """
-    scheduler = config.lr_scheduler
-    if scheduler is None:
-        return
-    classes = scheduler_classes()
-    if scheduler.class_name not in classes:
-        hint = did_you_mean(scheduler.class_name, classes, n=3) or f"; choose one of {', '.join(sorted(classes))}"
-        raise ConfigError(
-            f"lightning.lr_scheduler.class_name: {scheduler.class_name!r} is not a scheduler of torch.optim.lr_scheduler{hint}"
-        )
-    kwargs = scheduler.constructor_kwargs
-    if "last_epoch" in kwargs:
-        raise ConfigError(
-            "lightning.lr_scheduler.last_epoch: set by brain-gen (a resumed run restores it from the checkpoint); remove it"
-        )
-    scheduler_class = classes[scheduler.class_name]
-    problems = check_arguments("lightning.lr_scheduler", scheduler_class, kwargs, 1)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
-    try:
-        scheduler_class(probe, **kwargs)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"lightning.lr_scheduler: {scheduler.class_name} rejected its arguments: {exc}") from exc
 
 
 class LinearWarmup:
@@ -112,8 +79,6 @@ class LitModel(pl.LightningModule):
         self.model = model
         self.loss_fn = loss
         self.config = lightning if isinstance(lightning, LightningConfig) else LightningConfig.model_validate(lightning)
-        check_lr_schedule(self.config)
-        check_resume_support(model, self.config)
         if hparams:
             self.save_hyperparameters(hparams)
         # The compiled wrapper is kept out of the module tree, so state_dict keys are
@@ -369,13 +334,12 @@ class LitModel(pl.LightningModule):
             except ValueError as exc:
                 raise ConfigError(f"lightning.resume_context: {exc}") from exc
             log.info("resume: context resized with %s", request)
-        if config.resume_token_corruption not in (None, False):
-            settings = None if config.resume_token_corruption is True else config.resume_token_corruption
+        if config.resume_token_corruption is not None:
             try:
-                self.model.update_token_corruption_cfg(settings)
+                self.model.update_token_corruption_cfg(config.resume_token_corruption)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"lightning.resume_token_corruption: {exc}") from exc
-            log.info("resume: token corruption set to %s", "the model config's" if settings is None else settings)
+            log.info("resume: token corruption set to %s", config.resume_token_corruption)
         for optimizer in trainer.optimizers:
             for index, group in enumerate(optimizer.param_groups):
                 if config.resume_lr is not None:
@@ -410,34 +374,3 @@ def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.nn.utils.get_total_norm(tensors, norm_type=2.0, foreach=True)
     norms = torch._foreach_norm(tensors)  # torch < 2.6
     return torch.linalg.vector_norm(torch.stack([norm.to(norms[0].device) for norm in norms]))
-
-
-def check_resume_support(model: nn.Module, config: LightningConfig) -> None:
-    """Fail before training when a resume override asks for something the model lacks."""
-    if config.resume_context is not None:
-        resize = getattr(model, "resize_context", None)
-        if resize is None:
-            raise ConfigError(
-                f"lightning.resume_context: {type(model).__name__} has no resize_context method; remove the key"
-            )
-        requested = config.resume_context.model_dump(exclude_none=True)
-        accepted = inspect.signature(resize).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-            for key in requested:
-                if key not in accepted:
-                    raise ConfigError(
-                        f"lightning.resume_context.{key}: {type(model).__name__}.resize_context cannot change it"
-                    )
-    if config.resume_token_corruption not in (None, False):
-        if not hasattr(model, "update_token_corruption_cfg"):
-            raise ConfigError(
-                f"lightning.resume_token_corruption: {type(model).__name__} has no update_token_corruption_cfg method; "
-                "remove the key"
-            )
-        # Tried on the fresh model now; the checkpoint restores its own settings and the
-        # override is applied again after that.
-        settings = None if config.resume_token_corruption is True else config.resume_token_corruption
-        try:
-            model.update_token_corruption_cfg(settings)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"lightning.resume_token_corruption: {exc}") from exc

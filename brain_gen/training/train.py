@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from brain_gen.config.errors import ConfigError, did_you_mean
+from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
 from brain_gen.config.loading import load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.registry import instantiate, resolve_class
-from brain_gen.config.schema import ResumeContextConfig
+from brain_gen.config.schema import ExperimentConfig
 from brain_gen.dataset import DATASETS
 from brain_gen.dataset.datamodule import BrainDataModule
 from brain_gen.dataset.loaders import BUILTIN_LOADERS, loader_extras
@@ -30,13 +29,14 @@ from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.eval.evaluation import check_evaluation_fits
 from brain_gen.eval.reports import TestReport
-from brain_gen.eval.process import WorkerProcess
+from brain_gen.eval.process import WorkerProcess, launched_as_rank_zero
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import ThreadedModelCheckpoint, newest_complete_checkpoint
-from brain_gen.training.lightning import LitModel, check_lr_schedule, check_resume_support
+from brain_gen.training.checks import data_fit_problems, model_problems, setup_problems, writable_folder_problems
+from brain_gen.training.lightning import LitModel
 from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
 
 log = logging.getLogger(__name__)
@@ -67,20 +67,20 @@ class ExperimentDL:
         self.config = load_config(cfg, overrides)
         # Started by the command line before its imports; the eval runner of the first fit adopts it.
         self._early_eval_process = eval_process
-        check_lr_schedule(self.config.lightning)
+        problems = []
         if self.config.resume_from == "last":
             newest = newest_complete_checkpoint(self.config.save_dir)
             if newest is None:
-                raise ConfigError(
+                problems.append(
                     f"resume_from: last: no complete last-checkpoint under {self.config.save_dir}; "
                     "train first or give a checkpoint path"
                 )
-            log.info("resume_from: last is %s", newest)
-            self.config.resume_from = str(newest)
-        if self.config.resume_from is not None:
-            check_checkpoint_file("resume_from", Path(self.config.resume_from))
+            else:
+                log.info("resume_from: last is %s", newest)
+                self.config.resume_from = str(newest)
+        # Every problem the config alone shows, reported together before anything is read.
+        raise_problems(problems + setup_problems(self.config))
         self.save_dir = Path(self.config.save_dir)
-        check_writable_folder("save_dir", self.save_dir)
         if self.config.eval_runner is not None and self.config.eval_runner.cloud_keys_set:
             log.warning(
                 "notice: eval_runner.%s: evaluations run locally on this machine; the cloud keys have no effect",
@@ -88,8 +88,6 @@ class ExperimentDL:
             )
         self.eval_runner: EvalRunner | None = None
         self.user_callbacks = user_callbacks(self.config.trainer.callbacks)
-        if self.config.datasplitter.cache_dir:
-            check_writable_folder("datasplitter.cache_dir", Path(self.config.datasplitter.cache_dir))
         self.splits: dict[str, Split] | None = None
         self.datasets: dict[str, Any] = {}
         self.model: torch.nn.Module | None = None
@@ -97,11 +95,6 @@ class ExperimentDL:
         self.trainer: pl.Trainer | None = None
 
     # ----------------------------------------------------------------- building
-
-    def _stop_on_pending_features(self) -> None:
-        pending = pending_features(self.config)
-        if pending:
-            raise ConfigError(f"not implemented yet: {', '.join(pending)}; remove or switch off these keys")
 
     @property
     def evaluates(self) -> bool:
@@ -131,17 +124,14 @@ class ExperimentDL:
 
         # Model and loss first: their config mistakes surface before any data is read.
         model = instantiate("model_config", model_class, config.model_kwargs)
-        if not any(parameter.requires_grad for parameter in model.parameters()):
-            raise ConfigError(f"model_name: {config.model_name} has no trainable parameters; nothing to train")
-        check_resume_support(model, config.lightning)
+        raise_problems(model_problems(model, config.lightning))
         loss = instantiate("loss", loss_class, config.loss)
         self.build_datasets()
         extras, eval_extras = loader_extras(config, loader_class)
         self.datamodule = BrainDataModule(self.datasets, loader_class, config.dataloader, extras, eval_extras)
         train_loader = self.datamodule.make_loader("train")
-        check_loader_fits_data(train_loader, self.datasets["train"])
         resume_context = config.lightning.resume_context if config.resume_from else None
-        check_model_fits_data(model, self.datasets["train"], resume_context, train_loader)
+        raise_problems(data_fit_problems(model, self.datasets["train"], train_loader, resume_context))
         lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
         try:
             # Skipped when resume_context will reshape the model first: before that it cannot fit the data.
@@ -169,7 +159,7 @@ class ExperimentDL:
 
     def _check_monitors(self) -> None:
         """Every metric a config key monitors must be one the run logs, checked before training."""
-        has_validation = len(self.datasets["val"]) > 0
+        has_validation = self.has_validation
         scheduler = self.config.lightning.lr_scheduler
         if scheduler is not None and scheduler.monitor is not None:
             # A per-step schedule reads its monitor after every step, when only training metrics exist.
@@ -200,29 +190,17 @@ class ExperimentDL:
         self.build()
         return self.datamodule.make_loader(split)
 
-    def _build_trainer(self, logger: TensorBoardLogger | bool, fitting: bool = False) -> pl.Trainer:
-        trainer_config = self.config.trainer
-        kwargs = trainer_config.lightning_kwargs
-        callbacks: list[pl.Callback] = []
-        if logger and kwargs.get("enable_checkpointing", True) is not False:
-            checkpoints = checkpoint_callbacks(Path(logger.log_dir) / "checkpoints", trainer_config.checkpoint_cadence_epochs)
-            callbacks.extend(checkpoints)
-            if self.evaluates and fitting:
-                run_dir = Path(logger.log_dir)
-                self.eval_runner = EvalRunner(self.config.eval_runner, run_dir, run_dir / "config.yaml", early_process=self._early_eval_process)
-                self._early_eval_process = None
-                self.eval_runner.attach(checkpoints[-1])
-                callbacks.append(self.eval_runner)
-        elif self.evaluates and logger and fitting:
-            raise ConfigError("eval_runner.enabled: evaluations read the last-checkpoints, but trainer.enable_checkpointing is false; enable one or the other")
-        stopping = early_stopping(trainer_config.early_stopping)
-        if stopping is not None:
-            callbacks.append(stopping)
-        callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt()])
-        callbacks.extend(self.user_callbacks)
+    @property
+    def has_validation(self) -> bool:
+        """Whether the validation split has windows (after build)."""
+        return len(self.datasets["val"]) > 0
+
+    def _build_trainer(self, logger: TensorBoardLogger | bool) -> pl.Trainer:
+        """The run's Trainer with the run's callbacks; after build(), so that the callbacks fit the data."""
+        callbacks = run_callbacks(self.config, self.user_callbacks, Path(logger.log_dir) if logger else None, self.has_validation, self.datasets.get("test"), self.eval_runner)
         try:
-            return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
-        except (MisconfigurationException, ValueError) as exc:
+            return pl.Trainer(**self.config.trainer.lightning_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
+        except (MisconfigurationException, ValueError) as exc:  # checked before data by setup_problems; kept for safety
             raise ConfigError(f"trainer: {exc}") from exc
 
     def _add_batch_size_finder(self, trainer: pl.Trainer) -> None:
@@ -257,32 +235,38 @@ class ExperimentDL:
 
     def _start_run(self, fitting: bool = False) -> pl.Trainer:
         """A Trainer logging into a new version folder, with the resolved config saved there."""
-        self._stop_on_pending_features()
         logger = BoundedFlushTensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name, default_hp_metric=False)
-        # The Trainer checks accelerator, devices and precision: before data is read.
+        run_dir = Path(logger.log_dir)
         # Evaluations follow the checkpoints of fitting; a test run has none.
-        trainer = self._build_trainer(logger, fitting)
-        if self.eval_runner is not None and trainer.is_global_zero:
-            self.eval_runner.start()
+        if self.evaluates and fitting and self.checkpoints:
+            self.eval_runner = EvalRunner(self.config.eval_runner, run_dir, run_dir / "config.yaml", early_process=self._early_eval_process)
+            self._early_eval_process = None
+            if launched_as_rank_zero():
+                # Started now, so that its imports overlap the reading of the data.
+                self.eval_runner.start()
         try:
             self.build()
         except BaseException:
             if self.eval_runner is not None:
                 self.eval_runner.cancel()  # the run stops before it starts: so does its evaluation process
             raise
-        if len(self.datasets["val"]) == 0:
+        if not self.has_validation:
             log.warning(
                 "the validation split has no windows (datasplitter.val_ratio is 0 or its sessions are too short): "
                 "no val/loss and no best-checkpoint; last-checkpoint is still written"
             )
-            trainer.callbacks[:] = [c for c in trainer.callbacks if not (isinstance(c, ModelCheckpoint) and c.monitor)]
-        run_dir = Path(logger.log_dir)
+        trainer = self._build_trainer(logger)
         run_dir.mkdir(parents=True, exist_ok=True)
         # "x": a run never overwrites another run's files.
         with open(run_dir / "config.yaml", "x") as handle:
             yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
         self.trainer = trainer
         return trainer
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether runs write checkpoints (trainer.enable_checkpointing)."""
+        return self.config.trainer.lightning_kwargs.get("enable_checkpointing", True) is not False
 
     # ----------------------------------------------------------------- running
 
@@ -337,8 +321,6 @@ class ExperimentDL:
         trainer = self.trainer if trained else self._start_run()
         if len(self.datasets["test"]) == 0:
             raise ConfigError("datasplitter.test_ratio: the test split has no windows; raise test_ratio or add data")
-        trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, TestReport)]
-        trainer.callbacks.append(TestReport(self.datasets["test"]))
         return trainer.test(self.lit_model, datamodule=self.datamodule, ckpt_path=checkpoint)
 
     def train_text_tokenizer(
@@ -351,7 +333,7 @@ class ExperimentDL:
     ) -> Path:
         """Train a BPE tokenizer on the training split's text groups; returns ``<out_dir>/tokenizer``."""
         if not (Path(out_dir) / "tokenizer").exists():
-            check_writable_folder("tokenizer-text --out", Path(out_dir))
+            raise_problems(writable_folder_problems("tokenizer-text --out", Path(out_dir)))
         self.build_datasets()
         dataset = self.datasets["train"]
         if not hasattr(dataset, "alphabet"):
@@ -365,8 +347,8 @@ class ExperimentDL:
 
     def validate(self) -> dict[str, Any]:
         """Check config, data, model and Trainer settings without training; return a summary."""
-        self._build_trainer(logger=False)
         self.build()
+        self._build_trainer(logger=False)
         train_split = self.splits["train"]
         # What one sample is: a window of example_seconds, or (classification) one event.
         per_event = hasattr(self.datasets["train"], "events")
@@ -384,35 +366,44 @@ class ExperimentDL:
         }
 
 
-def check_checkpoint_file(key: str, path: Path) -> None:
-    """A cheap look at a checkpoint before training: it exists and is a torch.save zip archive."""
-    if not path.is_file():
-        raise ConfigError(f"{key}: checkpoint not found: {path}")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            is_torch_archive = any(name.endswith("data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        is_torch_archive = False
-    if not is_torch_archive:
-        raise ConfigError(f"{key}: {path} is not a PyTorch checkpoint (or it is truncated); point it at a .ckpt file")
+def run_callbacks(
+    config: ExperimentConfig,
+    user: list[pl.Callback],
+    run_dir: Path | None,
+    has_validation: bool,
+    test_dataset: Any = None,
+    eval_runner: EvalRunner | None = None,
+) -> list[pl.Callback]:
+    """Every callback of a run, from its config, its folder (None: no logger) and whether it validates.
+
+    Checkpoints (best only with validation) and the eval runner that follows them,
+    early stopping, telemetry, Ctrl-C handling and the test report, then the user's
+    own callbacks. The only later change to this list is the batch-size finder that
+    tune_batch_size puts in front.
+    """
+    trainer_config = config.trainer
+    callbacks: list[pl.Callback] = []
+    if run_dir is not None and trainer_config.lightning_kwargs.get("enable_checkpointing", True) is not False:
+        checkpoints = checkpoint_callbacks(run_dir / "checkpoints", trainer_config.checkpoint_cadence_epochs, has_validation)
+        callbacks.extend(checkpoints)
+        if eval_runner is not None:
+            eval_runner.attach(checkpoints[-1])
+            callbacks.append(eval_runner)
+    stopping = early_stopping(trainer_config.early_stopping)
+    if stopping is not None:
+        callbacks.append(stopping)
+    callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt()])
+    if test_dataset is not None:
+        callbacks.append(TestReport(test_dataset))
+    return callbacks + list(user)
 
 
-def check_writable_folder(key: str, path: Path) -> None:
-    """The folder exists or can be made, and can be written, without creating anything yet."""
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{key}: {existing} is a file, not a folder; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: no permission to write in {existing}; choose another path")
+def checkpoint_callbacks(dirpath: Path, cadence_epochs: int | None = None, has_validation: bool = True) -> list[ModelCheckpoint]:
+    """The best (lowest val/loss, with validation only) and the latest checkpoint, each kept as one file.
 
-
-def checkpoint_callbacks(dirpath: Path, cadence_epochs: int | None = None) -> list[ModelCheckpoint]:
-    """The best (lowest val/loss) and the latest checkpoint, each kept as one file.
-
-    The latest one is written every ``cadence_epochs`` epochs (every epoch by default),
-    and once more when training ends for any reason but a crash.
+    The latest one (always the last in the list) is written every ``cadence_epochs``
+    epochs (every epoch by default), and once more when training ends for any
+    reason but a crash.
     """
     best = ThreadedModelCheckpoint(
         dirpath=dirpath,
@@ -431,72 +422,4 @@ def checkpoint_callbacks(dirpath: Path, cadence_epochs: int | None = None) -> li
         every_n_epochs=cadence_epochs or 1,
         final_last_checkpoint=True,
     )
-    return [best, last]
-
-
-def check_loader_fits_data(loader: Any, dataset: Any) -> None:
-    """MixupDataLoader must be able to mix inputs and targets, and quantize inputs as the targets are coded."""
-    collate = getattr(loader, "mixup", None)
-    if collate is None or len(dataset) == 0:
-        return
-    mixup = collate.options
-    inputs, targets = dataset[0]
-    signals = inputs if isinstance(inputs, (tuple, list)) else [inputs]
-    if not any(torch.is_tensor(item) and item.is_floating_point() for item in signals):
-        raise ConfigError(
-            "datasplitter.dataset_class: MixupDataLoader blends floating-point inputs, but the dataset gives "
-            f"{getattr(inputs, 'dtype', type(inputs).__name__)} inputs; use ChunkDatasetContinuous (with target: codes to train on codes)"
-        )
-    if not targets.is_floating_point() and mixup.num_classes is None:
-        raise ConfigError("dataloader.num_classes: the targets are integer classes, so MixupDataLoader needs num_classes to one-hot them")
-    vocab = getattr(dataset, "vocab_size", None)
-    if mixup.num_classes is not None and vocab is not None and mixup.num_classes != vocab:
-        raise ConfigError(f"dataloader.num_classes: {mixup.num_classes}, but the targets have {vocab} classes; set it to {vocab}")
-    if mixup.quantize and vocab is not None:
-        for key, value in (("mu", mixup.mu), ("max_val", mixup.max_val)):
-            if getattr(dataset, key, value) != value:
-                raise ConfigError(
-                    f"dataloader.{key}: {value}, but the dataset codes its targets with {key}="
-                    f"{getattr(dataset, key)}; inputs and targets must be quantized alike"
-                )
-
-
-def check_model_fits_data(model: torch.nn.Module, dataset: Any, resume_context: ResumeContextConfig | None = None, loader: Any = None) -> None:
-    """Compare the model's declared input geometry with what the dataset produces.
-
-    Models and datasets that expose ``num_channels``, ``vocab_size`` or
-    ``max_position_embeddings`` / ``sequence_length`` are checked, so a mismatch is a
-    one-line config error instead of a shape error deep inside the first step. A
-    ``resume_context`` that will resize the model on resume counts as its new geometry.
-    """
-    model_channels = getattr(model, "num_channels", None)
-    data_channels = getattr(dataset, "num_channels", None)
-    if model_channels is not None and data_channels is not None and model_channels != data_channels:
-        raise ConfigError(f"model_config.num_channels: {model_channels}, but the data has {data_channels} channels; set it to {data_channels}")
-    model_vocab = getattr(model, "vocab_size", None)
-    # A text loader's tokenizer, when there is one, decides the vocabulary.
-    data_vocab = getattr(loader, "vocab_size", None) or getattr(dataset, "vocab_size", None)
-    if model_vocab is not None and data_vocab is not None and model_vocab < data_vocab:
-        raise ConfigError(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes or tokens; set it to {data_vocab}")
-    model_classes, data_classes = getattr(model, "n_classes", None), getattr(dataset, "num_classes", None)
-    if model_classes is not None and data_classes is not None and model_classes != data_classes:
-        raise ConfigError(f"model_config.n_classes: {model_classes}, but the data has {data_classes} classes; set it to {data_classes}")
-    model_samples, data_samples = getattr(model, "n_samples", None), getattr(dataset, "sequence_length", None)
-    if model_samples is not None and data_samples is not None and model_samples != data_samples:
-        raise ConfigError(
-            f"model_config.n_samples: {model_samples}, but windows are {data_samples} samples long "
-            f"(round((tmax - tmin) x sfreq)); set it to {data_samples}"
-        )
-    model_positions = getattr(model, "max_position_embeddings", None)
-    if model_positions is not None and resume_context is not None:
-        # The geometry after resizing: an explicit length wins, a longer input_shape raises it.
-        if resume_context.max_position_embeddings is not None:
-            model_positions = resume_context.max_position_embeddings
-        elif resume_context.input_shape and len(resume_context.input_shape) == 2:
-            model_positions = max(model_positions, resume_context.input_shape[1])
-    data_length = getattr(dataset, "sequence_length", None) or getattr(loader, "sequence_length", None)
-    if model_positions is not None and data_length is not None and model_positions < data_length:
-        raise ConfigError(
-            f"model_config.max_position_embeddings: {model_positions}, but windows are {data_length} steps long; "
-            f"raise it to at least {data_length} or shorten datasplitter.example_seconds"
-        )
+    return [best, last] if has_validation else [last]

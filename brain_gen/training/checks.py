@@ -1,0 +1,261 @@
+"""The checks made before a run: each returns the problems it finds, one line each, naming its key.
+
+ExperimentDL runs them in three passes, each as early as what it needs allows, and
+each raising one ConfigError that holds every problem of its pass (the CLI prints
+one line per problem):
+
+1. ``setup_problems``: the config alone, before anything is read or made;
+2. ``model_problems``: model and loss against the config, before data is read;
+3. ``data_fit_problems``: the data against loader and model, before the first step.
+
+The schema and the Trainer argument types are checked even earlier, together, by
+``brain_gen.config.loading.load_config``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from brain_gen.config.errors import did_you_mean
+from brain_gen.config.pending import pending_features
+from brain_gen.config.registry import check_arguments
+from brain_gen.config.schema import ExperimentConfig, LightningConfig, ResumeContextConfig
+from brain_gen.dataset.mixup import sample_problems
+from brain_gen.training.lightning import scheduler_classes
+
+try:  # Lightning >= 2.1 raises this for impossible Trainer settings (e.g. a missing GPU).
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+except ImportError:  # pragma: no cover
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+
+# --------------------------------------------------------------------------- pass 1: the config
+
+
+def setup_problems(config: ExperimentConfig) -> list[str]:
+    """Everything that can be checked from the config alone: schedule, paths, Trainer settings."""
+    problems = lr_schedule_problems(config.lightning)
+    if config.resume_from is not None:
+        problems += checkpoint_file_problems("resume_from", Path(config.resume_from))
+    problems += writable_folder_problems("save_dir", Path(config.save_dir))
+    if config.datasplitter.cache_dir:
+        problems += writable_folder_problems("datasplitter.cache_dir", Path(config.datasplitter.cache_dir))
+    kwargs = config.trainer.lightning_kwargs
+    evaluates = config.eval_runner is not None and config.eval_runner.enabled
+    if evaluates and kwargs.get("enable_checkpointing", True) is False:
+        problems.append(
+            "eval_runner.enabled: evaluations read the last-checkpoints, but trainer.enable_checkpointing is false; "
+            "enable one or the other"
+        )
+    pending = pending_features(config)
+    if pending:
+        problems.append(f"not implemented yet: {', '.join(pending)}; remove or switch off these keys")
+    return problems + trainer_problems(kwargs)
+
+
+def trainer_problems(kwargs: dict[str, Any]) -> list[str]:
+    """Settings pytorch_lightning.Trainer refuses (a missing GPU, an unknown strategy), found by building one.
+
+    The probe has no logger and no callbacks, and its device lines are held back:
+    the run's own Trainer prints them once, when it is built.
+    """
+    import pytorch_lightning as pl
+
+    probe_kwargs = {**kwargs, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    try:
+        with _device_lines_held_back():
+            pl.Trainer(**probe_kwargs)
+    except (MisconfigurationException, ValueError) as exc:
+        return [f"trainer: {exc}"]
+    return []
+
+
+class _DropInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO
+
+
+@contextlib.contextmanager
+def _device_lines_held_back():
+    # Lightning logs "GPU available: ..." at INFO through this logger. The filter is on
+    # for the probe's construction only, on the thread that starts the run.
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    quiet = _DropInfo()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def lr_schedule_problems(config: LightningConfig) -> list[str]:
+    """The scheduler class exists and takes its arguments.
+
+    The scheduler is built once on a throwaway optimizer, so that bad values (not
+    only bad names) are found now rather than when training starts.
+    """
+    scheduler = config.lr_scheduler
+    if scheduler is None:
+        return []
+    classes = scheduler_classes()
+    if scheduler.class_name not in classes:
+        hint = did_you_mean(scheduler.class_name, classes, n=3) or f"; choose one of {', '.join(sorted(classes))}"
+        return [f"lightning.lr_scheduler.class_name: {scheduler.class_name!r} is not a scheduler of torch.optim.lr_scheduler{hint}"]
+    kwargs = scheduler.constructor_kwargs
+    if "last_epoch" in kwargs:
+        return ["lightning.lr_scheduler.last_epoch: set by brain-gen (a resumed run restores it from the checkpoint); remove it"]
+    scheduler_class = classes[scheduler.class_name]
+    problems = check_arguments("lightning.lr_scheduler", scheduler_class, kwargs, 1)
+    if problems:
+        return problems
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    try:
+        scheduler_class(probe, **kwargs)
+    except (ValueError, TypeError, KeyError) as exc:
+        return [f"lightning.lr_scheduler: {scheduler.class_name} rejected its arguments: {exc}"]
+    return []
+
+
+def checkpoint_file_problems(key: str, path: Path) -> list[str]:
+    """A cheap look at a checkpoint before training: it exists and is a torch.save zip archive."""
+    if not path.is_file():
+        return [f"{key}: checkpoint not found: {path}"]
+    try:
+        with zipfile.ZipFile(path) as archive:
+            is_torch_archive = any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        is_torch_archive = False
+    if not is_torch_archive:
+        return [f"{key}: {path} is not a PyTorch checkpoint (or it is truncated); point it at a .ckpt file"]
+    return []
+
+
+def writable_folder_problems(key: str, path: Path) -> list[str]:
+    """The folder exists or can be made, and can be written, without creating anything yet."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"{key}: {existing} is a file, not a folder; choose another path"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{key}: no permission to write in {existing}; choose another path"]
+    return []
+
+
+# --------------------------------------------------------------------------- pass 2: model and loss
+
+
+def model_problems(model: nn.Module, config: LightningConfig) -> list[str]:
+    """A model that can train, and that has what the resume overrides ask of it."""
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        return [f"model_name: {type(model).__name__} has no trainable parameters; nothing to train"]
+    return resume_support_problems(model, config)
+
+
+def resume_support_problems(model: nn.Module, config: LightningConfig) -> list[str]:
+    """What a resume override asks for and the model lacks."""
+    problems = []
+    name = type(model).__name__
+    if config.resume_context is not None:
+        resize = getattr(model, "resize_context", None)
+        if resize is None:
+            problems.append(f"lightning.resume_context: {name} has no resize_context method; remove the key")
+        else:
+            accepted = inspect.signature(resize).parameters
+            if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+                for key in config.resume_context.model_dump(exclude_none=True):
+                    if key not in accepted:
+                        problems.append(f"lightning.resume_context.{key}: {name}.resize_context cannot change it")
+    settings = config.resume_token_corruption
+    if settings is not None:
+        if not hasattr(model, "update_token_corruption_cfg"):
+            problems.append(f"lightning.resume_token_corruption: {name} has no update_token_corruption_cfg method; remove the key")
+        else:
+            # Tried on the fresh model now; the checkpoint restores its own settings and
+            # the override is applied again after that.
+            try:
+                model.update_token_corruption_cfg(settings)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"lightning.resume_token_corruption: {exc}")
+    return problems
+
+
+# --------------------------------------------------------------------------- pass 3: data
+
+
+def data_fit_problems(model: nn.Module, dataset: Any, loader: Any, resume_context: ResumeContextConfig | None = None) -> list[str]:
+    """The training data against the loader and the model."""
+    return mixup_problems(loader, dataset) + model_fit_problems(model, dataset, resume_context, loader)
+
+
+def mixup_problems(loader: Any, dataset: Any) -> list[str]:
+    """MixupDataLoader can mix the dataset's inputs and targets, and quantizes inputs as the targets are coded."""
+    collate = getattr(loader, "mixup", None)
+    if collate is None or len(dataset) == 0:
+        return []
+    options = collate.options
+    problems = sample_problems(options, dataset[0])
+    vocab = getattr(dataset, "vocab_size", None)
+    if options.num_classes is not None and vocab is not None and options.num_classes != vocab:
+        problems.append(f"dataloader.num_classes: {options.num_classes}, but the targets have {vocab} classes; set it to {vocab}")
+    if options.quantize and vocab is not None:
+        for key, value in (("mu", options.mu), ("max_val", options.max_val)):
+            if getattr(dataset, key, value) != value:
+                problems.append(
+                    f"dataloader.{key}: {value}, but the dataset codes its targets with {key}="
+                    f"{getattr(dataset, key)}; inputs and targets must be quantized alike"
+                )
+    return problems
+
+
+def model_fit_problems(model: nn.Module, dataset: Any, resume_context: ResumeContextConfig | None = None, loader: Any = None) -> list[str]:
+    """The model's declared input geometry against what the dataset produces.
+
+    Models and datasets that expose ``num_channels``, ``vocab_size``, ``n_classes`` /
+    ``num_classes``, ``n_samples`` or ``max_position_embeddings`` / ``sequence_length``
+    are compared, so a mismatch is a one-line config error instead of a shape error
+    deep inside the first step. A ``resume_context`` that will resize the model on
+    resume counts as its new geometry.
+    """
+    problems = []
+    model_channels = getattr(model, "num_channels", None)
+    data_channels = getattr(dataset, "num_channels", None)
+    if model_channels is not None and data_channels is not None and model_channels != data_channels:
+        problems.append(f"model_config.num_channels: {model_channels}, but the data has {data_channels} channels; set it to {data_channels}")
+    model_vocab = getattr(model, "vocab_size", None)
+    # A text loader's tokenizer, when there is one, decides the vocabulary.
+    data_vocab = getattr(loader, "vocab_size", None) or getattr(dataset, "vocab_size", None)
+    if model_vocab is not None and data_vocab is not None and model_vocab < data_vocab:
+        problems.append(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes or tokens; set it to {data_vocab}")
+    model_classes, data_classes = getattr(model, "n_classes", None), getattr(dataset, "num_classes", None)
+    if model_classes is not None and data_classes is not None and model_classes != data_classes:
+        problems.append(f"model_config.n_classes: {model_classes}, but the data has {data_classes} classes; set it to {data_classes}")
+    model_samples, data_samples = getattr(model, "n_samples", None), getattr(dataset, "sequence_length", None)
+    if model_samples is not None and data_samples is not None and model_samples != data_samples:
+        problems.append(
+            f"model_config.n_samples: {model_samples}, but windows are {data_samples} samples long "
+            f"(round((tmax - tmin) x sfreq)); set it to {data_samples}"
+        )
+    model_positions = getattr(model, "max_position_embeddings", None)
+    if model_positions is not None and resume_context is not None:
+        # The geometry after resizing: an explicit length wins, a longer input_shape raises it.
+        if resume_context.max_position_embeddings is not None:
+            model_positions = resume_context.max_position_embeddings
+        elif resume_context.input_shape and len(resume_context.input_shape) == 2:
+            model_positions = max(model_positions, resume_context.input_shape[1])
+    data_length = getattr(dataset, "sequence_length", None) or getattr(loader, "sequence_length", None)
+    if model_positions is not None and data_length is not None and model_positions < data_length:
+        problems.append(
+            f"model_config.max_position_embeddings: {model_positions}, but windows are {data_length} steps long; "
+            f"raise it to at least {data_length} or shorten datasplitter.example_seconds"
+        )
+    return problems
