@@ -159,13 +159,13 @@ class ExperimentDL:
 
     def _check_monitors(self) -> None:
         """Every metric a config key monitors must be one the run logs, checked before training."""
-        has_validation = self.has_validation
+        problems = []
         scheduler = self.config.lightning.lr_scheduler
         if scheduler is not None and scheduler.monitor is not None:
             # A per-step schedule reads its monitor after every step, when only training metrics exist.
             per_step = self.config.lightning.schedule_interval == "step"
             when = "is not logged at every step (interval: step)" if per_step else "is never logged"
-            self._check_monitor("lightning.lr_scheduler.monitor", scheduler.monitor, has_validation and not per_step, when)
+            problems += self._monitor_problems("lightning.lr_scheduler.monitor", scheduler.monitor, self.has_validation and not per_step, when)
         stopping = self.config.trainer.early_stopping
         if stopping is not None:
             # Checked at the end of the training epoch, before that epoch's validation has run.
@@ -174,16 +174,18 @@ class ExperimentDL:
             # strict: false is Lightning's opt-out for a monitor that may be missing: its own
             # handling of a missing monitor applies, after one notice line.
             strict = stopping.strict is not False
-            self._check_monitor("trainer.early_stopping.monitor", stopping.monitor, has_validation and not at_train_end, when, strict)
+            problems += self._monitor_problems("trainer.early_stopping.monitor", stopping.monitor, self.has_validation and not at_train_end, when, strict)
+        raise_problems(problems)
 
-    def _check_monitor(self, key: str, monitor: str, with_validation: bool, when: str, strict: bool = True) -> None:
+    def _monitor_problems(self, key: str, monitor: str, with_validation: bool, when: str, strict: bool = True) -> list[str]:
         logged = self.lit_model.logged_metric_names(with_validation=with_validation)
         if monitor in logged:
-            return
+            return []
         problem = f"{key}: {monitor!r} {when}{did_you_mean(monitor, logged)}; logged metrics: {', '.join(logged)}"
         if strict:
-            raise ConfigError(problem)
+            return [problem]
         log.warning("notice: %s (strict: false, so training goes on)", problem)
+        return []
 
     def dataloader(self, split: str) -> DataLoader | None:
         """The loader of one split, or None when that split has no windows."""
