@@ -425,3 +425,17 @@ def test_text_collate_names_the_two_accepted_sample_forms(tmp_path, tiny_dataset
     with pytest.raises(DataError, match=r"TextDataLoader: a sample must be channel groups .* or a \(groups, target\) pair; got") as caught:
         loader.collate_fn([sample])
     assert "\n" not in str(caught.value)
+
+
+def test_mixup_collate_checks_its_first_batch_with_the_pre_run_check():
+    from brain_gen.dataset.mixup import sample_problems
+    from brain_gen.config.schema import MixupOptions
+
+    coded = [(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)) for _ in range(2)]
+    expected = sample_problems(MixupOptions(), coded[0])
+    assert len(expected) == 2 and expected[0].startswith("datasplitter.dataset_class:") and expected[1].startswith("dataloader.num_classes:")
+    with pytest.raises(ConfigError) as raised:
+        MixupCollate()(coded)
+    assert raised.value.problems == expected
+    # Not mixing (validation, test): integer targets need no num_classes.
+    assert sample_problems(MixupOptions(), (torch.zeros(2, 5), torch.zeros(2, 5, dtype=torch.long)), mix=False) == []

@@ -175,3 +175,35 @@ def test_early_stopping_with_a_monitor_that_is_not_logged_fails_before_training_
     with pytest.raises(ConfigError, match="trainer.early_stopping.monitor: 'val/not_logged' is never logged"):
         experiment.train()
     assert experiment.trainer is None or experiment.trainer.global_step == 0
+
+
+def test_run_callbacks_are_assembled_once_from_config_folder_and_validation(tmp_path, tiny_dataset):
+    from brain_gen.config.loading import load_config
+    from brain_gen.training.train import run_callbacks
+
+    class Mine(pl.Callback):
+        pass
+
+    config = load_config(tiny_config(tmp_path / "runs", tiny_dataset, trainer={"early_stopping": True}))
+    mine = Mine()
+
+    def names(callbacks):
+        return [type(callback).__name__ for callback in callbacks]
+
+    with_validation = run_callbacks(config, [mine], tmp_path / "run", has_validation=True, test_dataset=[])
+    assert [c.monitor for c in with_validation[:2]] == ["val/loss", None]
+    assert names(with_validation)[2:] == ["EarlyStopping", "LogBatchSize", "PerformanceMonitor", "GracefulInterrupt", "TestReport", "Mine"]
+    assert with_validation[-1] is mine
+    # Without validation there is no best-checkpoint to keep: only the last one is written.
+    without_validation = run_callbacks(config, [mine], tmp_path / "run", has_validation=False)
+    assert [c.monitor for c in without_validation[:1]] == [None] and "TestReport" not in names(without_validation)
+    assert names(without_validation).count(names(with_validation)[0]) == 1
+    # No run folder (validate): no checkpoints at all.
+    assert not any("Checkpoint" in name for name in names(run_callbacks(config, [], None, has_validation=True)))
+
+
+def test_an_empty_validation_split_trains_without_a_best_checkpoint_callback(tmp_path, tiny_dataset):
+    experiment, logged = train(tmp_path, tiny_dataset, datasplitter={"val_ratio": 0.0}, trainer={"max_epochs": 1})
+    monitors = [callback.monitor for callback in experiment.trainer.checkpoint_callbacks]
+    assert monitors == [None] and "val/loss" not in logged
+    assert len(list((Path(experiment.trainer.logger.log_dir) / "checkpoints").glob("last-checkpoint*.ckpt"))) == 1
