@@ -90,7 +90,7 @@ def _several_mistakes(config):
 
 def _several_setup_mistakes(config):
     config["lightning"].update(lr_scheduler={"class_name": "CosineAnnealing"})
-    config["trainer"].update(accelerator="cuda")
+    config["trainer"].update(accelerator="cuda", callbacks=["EarlyStoping"])
     config.update(resume_from="missing.ckpt")
 
 
@@ -100,10 +100,14 @@ def _several_setup_mistakes(config):
         # Schema errors and Trainer-argument errors together: neither hides the other.
         (_several_mistakes, ["lightning.lr: input should be a valid number", "trainer.max_epoch: unknown key (did you mean max_epochs?)"]),
         # Every problem the config alone shows, in one pass before data is read.
-        (_several_setup_mistakes, ["lightning.lr_scheduler.class_name: 'CosineAnnealing' is not a scheduler", "resume_from: checkpoint not found:", "trainer: `CUDAAccelerator` can not run on your system"]),
+        (_several_setup_mistakes, ["lightning.lr_scheduler.class_name: 'CosineAnnealing' is not a scheduler", "resume_from: checkpoint not found:", "trainer: `CUDAAccelerator` can not run on your system", "trainer.callbacks.0.class_path: 'EarlyStoping' is not a Lightning callback"]),
         (
-            lambda c: c["trainer"].update(callbacks=[{"class_path": "LearningRateMonitor", "init_args": {"interval": "step", "log_moment": True}}]),
-            ["trainer.callbacks.0.init_args.interval: not an argument of LearningRateMonitor", "trainer.callbacks.0.init_args.log_moment: not an argument of LearningRateMonitor (did you mean log_momentum?)"],
+            lambda c: c["trainer"].update(callbacks=[{"class_path": "LearningRateMonitor", "init_args": {"interval": "step", "log_moment": True}}, "EarlyStoping"]),
+            [
+                "trainer.callbacks.0.init_args.interval: not an argument of LearningRateMonitor",
+                "trainer.callbacks.0.init_args.log_moment: not an argument of LearningRateMonitor (did you mean log_momentum?)",
+                "trainer.callbacks.1.class_path: 'EarlyStoping' is not a Lightning callback (did you mean EarlyStopping?)",
+            ],
         ),
     ],
 )

@@ -14,7 +14,7 @@ from pytorch_lightning import callbacks as lightning_callbacks
 from pytorch_lightning.callbacks import BatchSizeFinder, EarlyStopping
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-from brain_gen.config.errors import ConfigError, did_you_mean
+from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
 from brain_gen.config.registry import check_arguments, import_object
 from brain_gen.config.schema import EarlyStoppingConfig
 
@@ -22,32 +22,39 @@ log = logging.getLogger(__name__)
 
 
 def user_callbacks(entries: list[Any]) -> list[pl.Callback]:
-    """Build ``trainer.callbacks``: ``{class_path, init_args}``, a Lightning callback name, or an object."""
-    built = []
+    """Build ``trainer.callbacks``: ``{class_path, init_args}``, a Lightning callback name, or an object.
+
+    Every entry is checked, and the problems of all of them are raised together.
+    """
+    built, problems = [], []
     for index, entry in enumerate(entries):
-        key = f"trainer.callbacks.{index}"
-        if isinstance(entry, pl.Callback):
-            built.append(entry)
-            continue
-        if isinstance(entry, str):
-            entry = {"class_path": entry}
-        if not isinstance(entry, dict) or "class_path" not in entry:
-            raise ConfigError(f"{key}: expected a callback class name or {{class_path: ..., init_args: {{...}}}}, got {entry!r}")
-        unknown = set(entry) - {"class_path", "init_args"}
-        if unknown:
-            raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key; a callback entry has class_path and init_args")
-        class_path, init_args = entry["class_path"], entry.get("init_args") or {}
-        if not isinstance(init_args, dict):
-            raise ConfigError(f"{key}.init_args: expected a mapping, got {init_args!r}")
-        callback_class = _callback_class(f"{key}.class_path", class_path)
-        problems = check_arguments(f"{key}.init_args", callback_class, init_args)
-        if problems:
-            raise ConfigError(problems)
         try:
-            built.append(callback_class(**init_args))
-        except (ValueError, TypeError, MisconfigurationException) as exc:
-            raise ConfigError(f"{key}: {class_path} rejected its arguments: {exc}") from exc
+            built.append(_user_callback(f"trainer.callbacks.{index}", entry))
+        except ConfigError as exc:
+            problems += exc.problems
+    raise_problems(problems)
     return built
+
+
+def _user_callback(key: str, entry: Any) -> pl.Callback:
+    if isinstance(entry, pl.Callback):
+        return entry
+    if isinstance(entry, str):
+        entry = {"class_path": entry}
+    if not isinstance(entry, dict) or "class_path" not in entry:
+        raise ConfigError(f"{key}: expected a callback class name or {{class_path: ..., init_args: {{...}}}}, got {entry!r}")
+    unknown = set(entry) - {"class_path", "init_args"}
+    if unknown:
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key; a callback entry has class_path and init_args")
+    class_path, init_args = entry["class_path"], entry.get("init_args") or {}
+    if not isinstance(init_args, dict):
+        raise ConfigError(f"{key}.init_args: expected a mapping, got {init_args!r}")
+    callback_class = _callback_class(f"{key}.class_path", class_path)
+    raise_problems(check_arguments(f"{key}.init_args", callback_class, init_args))
+    try:
+        return callback_class(**init_args)
+    except (ValueError, TypeError, MisconfigurationException) as exc:
+        raise ConfigError(f"{key}: {class_path} rejected its arguments: {exc}") from exc
 
 
 def _callback_class(key: str, name: str) -> type[pl.Callback]:

@@ -79,7 +79,12 @@ class ExperimentDL:
                 log.info("resume_from: last is %s", newest)
                 self.config.resume_from = str(newest)
         # Every problem the config alone shows, reported together before anything is read.
-        raise_problems(problems + setup_problems(self.config))
+        problems += setup_problems(self.config)
+        try:
+            self.user_callbacks = user_callbacks(self.config.trainer.callbacks)
+        except ConfigError as exc:
+            problems += exc.problems
+        raise_problems(problems)
         self.save_dir = Path(self.config.save_dir)
         if self.config.eval_runner is not None and self.config.eval_runner.cloud_keys_set:
             log.warning(
@@ -87,7 +92,6 @@ class ExperimentDL:
                 ", ".join(self.config.eval_runner.cloud_keys_set),
             )
         self.eval_runner: EvalRunner | None = None
-        self.user_callbacks = user_callbacks(self.config.trainer.callbacks)
         self.splits: dict[str, Split] | None = None
         self.datasets: dict[str, Any] = {}
         self.model: torch.nn.Module | None = None
