@@ -59,7 +59,8 @@ def test_callbacks_from_names_class_paths_and_objects_are_appended(tmp_path, tin
     # One tag per parameter group (decay and no decay); the monitor given init_args also logs weight decay.
     assert {"lr-AdamW/pg1", "lr-AdamW/pg2", "lr-AdamW/pg1-weight_decay", "lr-AdamW/pg2-weight_decay"} <= set(logged)
     types = [type(c).__name__ for c in experiment.trainer.callbacks]
-    assert types.count("LearningRateMonitor") == 2 and "ThreadedModelCheckpoint" in types
+    assert types.count("LearningRateMonitor") == 2
+    assert {"ModelCheckpoint", "FinalCheckpoint", "CheckpointWriteMonitor"} <= set(types)
 
 
 def test_validate_before_resume_logs_a_validation_of_the_restored_weights(tmp_path, tiny_dataset):

@@ -35,7 +35,7 @@ from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
-from brain_gen.training.checkpointing import ThreadedModelCheckpoint, newest_complete_checkpoint
+from brain_gen.training.checkpointing import newest_complete_checkpoint, run_checkpoints
 from brain_gen.training.lightning import LitModel, check_lr_schedule, check_resume_support
 from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
 
@@ -204,14 +204,17 @@ class ExperimentDL:
         trainer_config = self.config.trainer
         kwargs = trainer_config.lightning_kwargs
         callbacks: list[pl.Callback] = []
+        plugins = kwargs.pop("plugins", None)
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
         if logger and kwargs.get("enable_checkpointing", True) is not False:
-            checkpoints = checkpoint_callbacks(Path(logger.log_dir) / "checkpoints", trainer_config.checkpoint_cadence_epochs)
-            callbacks.extend(checkpoints)
+            checkpoints = run_checkpoints(Path(logger.log_dir) / "checkpoints", trainer_config.checkpoint_cadence_epochs)
+            callbacks.extend(checkpoints.callbacks)
+            plugins.append(checkpoints.checkpoint_io)
             if self.evaluates and fitting:
                 run_dir = Path(logger.log_dir)
                 self.eval_runner = EvalRunner(self.config.eval_runner, run_dir, run_dir / "config.yaml", early_process=self._early_eval_process)
                 self._early_eval_process = None
-                self.eval_runner.attach(checkpoints[-1])
+                self.eval_runner.attach(checkpoints.checkpoint_io, checkpoints.last)
                 callbacks.append(self.eval_runner)
         elif self.evaluates and logger and fitting:
             raise ConfigError("eval_runner.enabled: evaluations read the last-checkpoints, but trainer.enable_checkpointing is false; enable one or the other")
@@ -221,7 +224,7 @@ class ExperimentDL:
         callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt()])
         callbacks.extend(self.user_callbacks)
         try:
-            return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
+            return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, plugins=plugins, default_root_dir=str(self.save_dir))
         except (MisconfigurationException, ValueError) as exc:
             raise ConfigError(f"trainer: {exc}") from exc
 
@@ -406,32 +409,6 @@ def check_writable_folder(key: str, path: Path) -> None:
         raise ConfigError(f"{key}: {existing} is a file, not a folder; choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}: no permission to write in {existing}; choose another path")
-
-
-def checkpoint_callbacks(dirpath: Path, cadence_epochs: int | None = None) -> list[ModelCheckpoint]:
-    """The best (lowest val/loss) and the latest checkpoint, each kept as one file.
-
-    The latest one is written every ``cadence_epochs`` epochs (every epoch by default),
-    and once more when training ends for any reason but a crash.
-    """
-    best = ThreadedModelCheckpoint(
-        dirpath=dirpath,
-        filename="best-checkpoint-epoch={epoch}-step={step}",
-        monitor="val/loss",
-        mode="min",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-    )
-    last = ThreadedModelCheckpoint(
-        dirpath=dirpath,
-        filename="last-checkpoint-epoch={epoch}-step={step}",
-        monitor=None,
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        every_n_epochs=cadence_epochs or 1,
-        final_last_checkpoint=True,
-    )
-    return [best, last]
 
 
 def check_loader_fits_data(loader: Any, dataset: Any) -> None:
