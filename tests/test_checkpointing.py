@@ -341,6 +341,18 @@ def test_without_background_writes_a_save_is_complete_when_it_returns(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_monitor_switches_its_plugin_to_background_writes_and_refuses_to_run_without_it():
+    plugin = BackgroundCheckpointIO()
+    monitor = checkpointing.CheckpointWriteMonitor(plugin)
+    with_plugin = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[monitor], plugins=[plugin])
+    monitor.setup(with_plugin, None, "fit")
+    assert plugin.background
+    plugin.teardown()
+    without_plugin = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[monitor])
+    with pytest.raises(ValueError, match="plugins="):
+        monitor.setup(without_plugin, None, "fit")
+
+
 def test_background_writes_only_for_single_device_and_plain_ddp():
     from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 

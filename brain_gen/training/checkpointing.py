@@ -106,9 +106,10 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
     never holds more than one step's files: the best and the last checkpoint of the
     same step are written one after the other without stalling training, and memory
     holds at most one step's snapshots. ``remove_checkpoint`` is queued behind the
-    write of the file's replacement, and skipped if that write failed. A failure is kept until
-    ``raise_failed_write`` raises it on the training thread. Lightning calls the plugin
-    only on global rank zero (``Strategy.save_checkpoint`` / ``remove_checkpoint``).
+    write of the file's replacement, and skipped if that write failed. A failure is
+    kept until ``raise_failed_write`` raises it on the training thread. Lightning calls
+    the plugin only on global rank zero (``Strategy.save_checkpoint`` /
+    ``remove_checkpoint``).
 
     Writes go to the background only while ``background`` is true, which a
     CheckpointWriteMonitor sets for the run's strategy: without one, nobody would
