@@ -1,15 +1,19 @@
-"""ThreadedModelCheckpoint: frozen snapshots, durable writes, cadence, final saves, resume_from: last."""
+"""Checkpoint writes: frozen snapshots, background durable writes, cadence, final saves, resume_from: last."""
 
 from __future__ import annotations
 
 import errno
+import io
+import logging
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,8 +22,10 @@ import torch
 import yaml
 
 import brain_gen.training.checkpointing as checkpointing
+import brain_gen.training.durable_write as durable_write
 from brain_gen.config.errors import ConfigError
-from brain_gen.training.checkpointing import CheckpointWriteError
+from brain_gen.training.checkpointing import BackgroundCheckpointIO, CheckpointWriteError
+from brain_gen.training.durable_write import DurableWriter
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
 from tests.test_training import scalars
@@ -35,11 +41,11 @@ def run_dir_of(experiment: ExperimentDL) -> Path:
     return Path(experiment.trainer.logger.log_dir)
 
 
-def test_snapshot_is_frozen_while_training_continues_during_the_write(tmp_path, tiny_dataset, monkeypatch):
-    original = checkpointing.write_atomically
+def test_snapshot_is_frozen_while_training_continues_during_the_write(tmp_path, tiny_dataset, monkeypatch, caplog):
+    original = DurableWriter.write
     observations = []
 
-    def slow_write(state, path):
+    def slow_write(writer, state, path):
         frozen = {key: value.clone() for key, value in state["state_dict"].items() if torch.is_tensor(value)}
         time.sleep(1.0)  # training runs further steps meanwhile
         live = experiment.lit_model.state_dict()
@@ -50,15 +56,16 @@ def test_snapshot_is_frozen_while_training_continues_during_the_write(tmp_path, 
             "path": path,
             "frozen": frozen,
         }
-        observations.append(observation)  # the best and last callbacks each write on their own thread
-        original(state, path)
+        observations.append(observation)  # the best and last checkpoints, in the order they were saved
+        original(writer, state, path)
         # Read back at once: a later last-checkpoint may replace this file before the test ends.
         observation["written_step"] = torch.load(path, map_location="cpu", weights_only=False)["global_step"]
 
-    monkeypatch.setattr(checkpointing, "write_atomically", slow_write)
+    monkeypatch.setattr(DurableWriter, "write", slow_write)
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"max_epochs": 3, "limit_train_batches": 8, "limit_val_batches": 1})
     experiment = ExperimentDL(config)
-    experiment.train()
+    with caplog.at_level(logging.INFO, logger=checkpointing.__name__):
+        experiment.train()
     assert observations and all(o["unchanged"] for o in observations)
     # The first write overlapped later training steps: the live weights moved on while it ran.
     assert observations[0]["live_moved"]
@@ -68,14 +75,20 @@ def test_snapshot_is_frozen_while_training_continues_during_the_write(tmp_path, 
     saved = torch.load(final["path"], map_location="cpu", weights_only=False)
     assert saved["global_step"] == final["step"]
     assert all(torch.equal(saved["state_dict"][key], value) for key, value in final["frozen"].items())
-    assert "checkpoint/blocked_ms" in scalars(run_dir_of(experiment))
+    logged = scalars(run_dir_of(experiment))
+    assert "checkpoint/blocked_ms" in logged
+    # Logged at the global step of the save that waited: the end of an epoch of 8 batches.
+    assert {step for step, _ in logged["checkpoint/blocked_ms"]} <= {8, 16, 24}
+    # The last write of the run was still under way when training ended; the wait is logged once.
+    assert caplog.text.count("checkpoint: training ended; waited") == 1
+    assert "training waited" in caplog.text and "teardown waited" not in caplog.text
 
 
 def test_a_failed_write_is_raised_on_the_training_thread(tmp_path, tiny_dataset, monkeypatch):
-    def failing_write(state, path):
+    def failing_write(writer, state, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpointing, "write_atomically", failing_write)
+    monkeypatch.setattr(DurableWriter, "write", failing_write)
     experiment = ExperimentDL(tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK))
     with pytest.raises(CheckpointWriteError, match="disk full"):
         experiment.train()
@@ -83,7 +96,8 @@ def test_a_failed_write_is_raised_on_the_training_thread(tmp_path, tiny_dataset,
 
 def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "a.ckpt"
-    checkpointing.write_atomically({"x": torch.ones(3)}, target)
+    writer = DurableWriter()
+    writer.write({"x": torch.ones(3)}, target)
     assert torch.equal(torch.load(target)["x"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
 
@@ -92,7 +106,7 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
             raise RuntimeError("cannot pickle")
 
     with pytest.raises(RuntimeError):
-        checkpointing.write_atomically({"x": Unpicklable()}, target)
+        writer.write({"x": Unpicklable()}, target)
     assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
     assert torch.equal(torch.load(target)["x"], torch.ones(3))
 
@@ -119,9 +133,9 @@ def assert_same_state(loaded: dict, state: dict) -> None:
 
 def test_snapshot_tensors_of_a_mebibyte_or_more_start_on_a_page_boundary():
     state = mixed_checkpoint_state()
-    assert state["weight"].data_ptr() % checkpointing.DIRECT_IO_ALIGNMENT == 0
-    assert state["bf16"].data_ptr() % checkpointing.DIRECT_IO_ALIGNMENT == 0
-    assert state["nested"]["moments"][0].data_ptr() % checkpointing.DIRECT_IO_ALIGNMENT == 0
+    assert state["weight"].data_ptr() % durable_write.DIRECT_IO_ALIGNMENT == 0
+    assert state["bf16"].data_ptr() % durable_write.DIRECT_IO_ALIGNMENT == 0
+    assert state["nested"]["moments"][0].data_ptr() % durable_write.DIRECT_IO_ALIGNMENT == 0
 
 
 def test_sparse_and_quantized_tensors_snapshot_and_save(tmp_path):
@@ -129,7 +143,7 @@ def test_sparse_and_quantized_tensors_snapshot_and_save(tmp_path):
         "sparse": torch.eye(4).to_sparse(),
         "quantized": torch.quantize_per_tensor(torch.randn(64, 64), 0.1, 0, torch.qint8),
     }
-    checkpointing.write_atomically(checkpointing.snapshot(state), tmp_path / "a.ckpt")
+    DurableWriter().write(checkpointing.snapshot(state), tmp_path / "a.ckpt")
     loaded = torch.load(tmp_path / "a.ckpt")
     assert torch.equal(loaded["sparse"].to_dense(), torch.eye(4))
     assert torch.equal(loaded["quantized"].int_repr(), state["quantized"].int_repr())
@@ -138,10 +152,10 @@ def test_sparse_and_quantized_tensors_snapshot_and_save(tmp_path):
 def test_direct_io_write_loads_back_exactly(tmp_path):
     state = mixed_checkpoint_state()
     try:
-        handle = checkpointing._DirectFile(tmp_path / "direct.ckpt")
-    except checkpointing._DirectIOUnsupported:
-        pytest.skip("the test folder's file system refuses O_DIRECT (write_atomically falls back; tested below)")
-    with checkpointing._checkpoint_save_options():
+        handle = durable_write.DirectFile(tmp_path / "direct.ckpt")
+    except durable_write.DirectIOUnsupported:
+        pytest.skip("the test folder's file system refuses O_DIRECT (DurableWriter falls back; tested below)")
+    with durable_write.checkpoint_save_settings():
         torch.save(state, handle)
     handle.close()
     aligned_bytes = sum(state[key].nbytes for key in ("weight", "bf16")) + state["nested"]["moments"][0].nbytes
@@ -161,45 +175,196 @@ def test_write_falls_back_to_buffered_io_when_direct_io_is_refused(tmp_path, mon
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_write(fd, data)
 
-    monkeypatch.setattr(checkpointing.os, "write", refuses_second_write)
-    checkpointing.write_atomically(state, tmp_path / "a.ckpt")
+    monkeypatch.setattr(durable_write.os, "write", refuses_second_write)
+    writer = DurableWriter()
+    writer.write(state, tmp_path / "a.ckpt")
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
     assert_same_state(torch.load(tmp_path / "a.ckpt"), state)
+    # The refusal is remembered by this writer (later files there go buffered at once), and by no other.
+    assert writer.buffered_folders == {tmp_path}
+    assert DurableWriter().buffered_folders == set()
+    calls.clear()
+    writer.write(state, tmp_path / "b.ckpt")
+    assert calls == [] and torch.equal(torch.load(tmp_path / "b.ckpt")["weight"], state["weight"])
 
 
 def test_a_failed_direct_write_raises_the_disk_error_and_leaves_nothing(tmp_path, monkeypatch):
     real_write = os.write
 
     def disk_full(fd, data):
-        if len(data) >= checkpointing.DIRECT_IO_ALIGNMENT:
+        if len(data) >= durable_write.DIRECT_IO_ALIGNMENT:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(checkpointing.os, "write", disk_full)
+    monkeypatch.setattr(durable_write.os, "write", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        checkpointing.write_atomically(mixed_checkpoint_state(), tmp_path / "a.ckpt")
+        DurableWriter().write(mixed_checkpoint_state(), tmp_path / "a.ckpt")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_concurrent_writes_restore_torch_save_options(tmp_path):
+def stored_record(data: bytes, name: str) -> tuple[int, bytes, int]:
+    """(offset in the file, bytes, CRC-32 field) of a stored zip record, read without checking the CRC."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        info = next(entry for entry in archive.infolist() if entry.filename.endswith(name))
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length
+    return start, data[start : start + info.file_size], info.CRC
+
+
+def test_a_checkpoint_write_changes_no_torch_save_setting_of_other_threads(tmp_path):
     from torch.utils.serialization import config
 
     before = (config.save.compute_crc32, config.save.storage_alignment)
-    state = {"x": torch.randn(512, 512)}
-    threads = [threading.Thread(target=checkpointing.write_atomically, args=(state, tmp_path / f"{n}.ckpt")) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    inside, resume = threading.Event(), threading.Event()
+
+    class PauseWhilePickled:
+        """Holds the checkpoint's torch.save half-way, with the writer's settings in force."""
+
+        def __reduce__(self):
+            inside.set()
+            resume.wait(10)
+            return (int, (0,))
+
+    state = {"x": torch.randn(512, 512), "pause": PauseWhilePickled()}
+    writer = threading.Thread(target=DurableWriter().write, args=(state, tmp_path / "a.ckpt"))
+    writer.start()
+    try:
+        assert inside.wait(10)
+        # Meanwhile a torch.save elsewhere in the process (a user callback, the eval runner)
+        # writes torch's default format: CRC-32 checked, 64-byte alignment.
+        assert (config.save.compute_crc32, config.save.storage_alignment) == before
+        elsewhere = io.BytesIO()
+        torch.save({"y": torch.ones(1000)}, elsewhere)
+        with zipfile.ZipFile(io.BytesIO(elsewhere.getvalue())) as archive:
+            assert archive.testzip() is None  # every record's CRC-32 is right
+        assert stored_record(elsewhere.getvalue(), ".storage_alignment")[1] == str(before[1]).encode()
+    finally:
+        resume.set()
+        writer.join()
     assert (config.save.compute_crc32, config.save.storage_alignment) == before
-    assert all(torch.equal(torch.load(tmp_path / f"{n}.ckpt")["x"], state["x"]) for n in range(4))
+    written = (tmp_path / "a.ckpt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "a.ckpt", weights_only=False)["x"], state["x"])
+    if torch.__version__ >= durable_write.PER_THREAD_SAVE_SETTINGS_SINCE:
+        # The checkpoint itself was written with the writer's own settings: no CRC, 4 KiB alignment.
+        assert stored_record(written, ".storage_alignment")[1] == str(durable_write.DIRECT_IO_ALIGNMENT).encode()
+        offset, _, crc = stored_record(written, "data/0")
+        assert offset % durable_write.DIRECT_IO_ALIGNMENT == 0 and crc == 0
+
+
+class GatedWriter(DurableWriter):
+    """A DurableWriter whose writes wait for a gate, and which counts writes in flight."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        self.gate = threading.Event()
+        self.fail = fail
+        self.in_flight = self.most_in_flight = 0
+
+    def write(self, state, path):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            assert self.gate.wait(10)
+            if self.fail:
+                raise OSError("disk full")
+            super().write(state, path)
+        finally:
+            self.in_flight -= 1
+
+
+def background_plugin(writer: DurableWriter) -> BackgroundCheckpointIO:
+    plugin = BackgroundCheckpointIO(writer)
+    plugin.background = True  # as CheckpointWriteMonitor sets it for a single-device run
+    return plugin
+
+
+def test_a_save_waits_for_the_writes_of_earlier_steps_and_reports_the_wait_at_its_step(tmp_path):
+    writer = GatedWriter()
+    plugin = background_plugin(writer)
+    written = []
+    plugin.on_durable_write(written.append)
+    plugin.save_checkpoint({"global_step": 10, "w": torch.ones(4)}, tmp_path / "best-10.ckpt")
+    # The second file of the same step (best and last) is queued without waiting for the first.
+    started = time.perf_counter()
+    plugin.save_checkpoint({"global_step": 10, "w": torch.ones(4)}, tmp_path / "last-10.ckpt")
+    assert time.perf_counter() - started < 0.2 and plugin.take_waits() == []
+    threading.Timer(0.3, writer.gate.set).start()
+    plugin.save_checkpoint({"global_step": 20, "w": torch.ones(4)}, tmp_path / "last-20.ckpt")  # blocks until step 10 is written
+    assert (tmp_path / "best-10.ckpt").exists() and (tmp_path / "last-10.ckpt").exists()
+    [(step, seconds)] = plugin.take_waits()
+    assert step == 20 and seconds >= 0.25
+    assert plugin.take_waits() == []
+    plugin.teardown()
+    assert writer.most_in_flight == 1
+    assert written == [str(tmp_path / name) for name in ("best-10.ckpt", "last-10.ckpt", "last-20.ckpt")]
+    assert not plugin.background  # after teardown, writes complete before save_checkpoint returns
+
+
+def test_removal_waits_for_the_replacement_to_be_durable_and_is_skipped_if_it_failed(tmp_path):
+    old = tmp_path / "old.ckpt"
+    DurableWriter().write({"w": torch.zeros(4)}, old)
+
+    writer = GatedWriter()
+    plugin = background_plugin(writer)
+    plugin.save_checkpoint({"global_step": 1, "w": torch.ones(4)}, tmp_path / "new.ckpt")
+    plugin.remove_checkpoint(old)
+    time.sleep(0.2)
+    assert old.exists()  # the new file is not durable yet
+    writer.gate.set()
+    plugin.finish_writes()
+    assert not old.exists() and (tmp_path / "new.ckpt").exists()
+    plugin.teardown()
+
+    DurableWriter().write({"w": torch.zeros(4)}, old)
+    failing = GatedWriter(fail=True)
+    failing.gate.set()
+    plugin = background_plugin(failing)
+    plugin.save_checkpoint({"global_step": 2, "w": torch.ones(4)}, tmp_path / "newer.ckpt")
+    plugin.remove_checkpoint(old)
+    plugin.finish_writes()
+    assert old.exists() and not (tmp_path / "newer.ckpt").exists()
+    with pytest.raises(CheckpointWriteError, match="disk full"):
+        plugin.raise_failed_write()
+    plugin.teardown()
+
+
+def test_without_background_writes_a_save_is_complete_when_it_returns(tmp_path):
+    writer = GatedWriter()
+    writer.gate.set()
+    plugin = BackgroundCheckpointIO(writer)  # as for a sharded strategy, or with no monitor
+    plugin.save_checkpoint({"global_step": 1, "w": torch.ones(4)}, tmp_path / "a.ckpt")
+    assert torch.equal(plugin.load_checkpoint(tmp_path / "a.ckpt")["w"], torch.ones(4))
+    (tmp_path / "sharded.ckpt").mkdir()  # sharded strategies save folders
+    plugin.remove_checkpoint(tmp_path / "sharded.ckpt")
+    plugin.remove_checkpoint(tmp_path / "a.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_monitor_switches_its_plugin_to_background_writes_and_refuses_to_run_without_it():
+    plugin = BackgroundCheckpointIO()
+    monitor = checkpointing.CheckpointWriteMonitor(plugin)
+    with_plugin = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[monitor], plugins=[plugin])
+    monitor.setup(with_plugin, None, "fit")
+    assert plugin.background
+    plugin.teardown()
+    without_plugin = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[monitor])
+    with pytest.raises(ValueError, match="plugins="):
+        monitor.setup(without_plugin, None, "fit")
+
+
+def test_background_writes_only_for_single_device_and_plain_ddp():
+    from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
+
+    assert checkpointing.supports_background_writes(SingleDeviceStrategy("cpu"))
+    assert checkpointing.supports_background_writes(DDPStrategy())
+    assert not checkpointing.supports_background_writes(FSDPStrategy())
 
 
 def test_cadence_throttles_last_checkpoint_and_training_end_writes_a_final_one(tmp_path, tiny_dataset, monkeypatch):
     written = []
-    original = checkpointing.write_atomically
-    monkeypatch.setattr(checkpointing, "write_atomically", lambda state, path: (written.append(Path(path).name), original(state, path)))
+    original = DurableWriter.write
+    monkeypatch.setattr(DurableWriter, "write", lambda writer, state, path: (written.append(Path(path).name), original(writer, state, path)))
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={**QUICK, "max_epochs": 5, "checkpoint_cadence_epochs": 3})
     experiment = ExperimentDL(config)
     experiment.train()

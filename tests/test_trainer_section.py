@@ -59,7 +59,8 @@ def test_callbacks_from_names_class_paths_and_objects_are_appended(tmp_path, tin
     # One tag per parameter group (decay and no decay); the monitor given init_args also logs weight decay.
     assert {"lr-AdamW/pg1", "lr-AdamW/pg2", "lr-AdamW/pg1-weight_decay", "lr-AdamW/pg2-weight_decay"} <= set(logged)
     types = [type(c).__name__ for c in experiment.trainer.callbacks]
-    assert types.count("LearningRateMonitor") == 2 and "ThreadedModelCheckpoint" in types
+    assert types.count("LearningRateMonitor") == 2
+    assert {"ModelCheckpoint", "FinalCheckpoint", "CheckpointWriteMonitor"} <= set(types)
 
 
 def test_validate_before_resume_logs_a_validation_of_the_restored_weights(tmp_path, tiny_dataset):
@@ -190,16 +191,19 @@ def test_run_callbacks_are_assembled_once_from_config_folder_and_validation(tmp_
     def names(callbacks):
         return [type(callback).__name__ for callback in callbacks]
 
-    with_validation = run_callbacks(config, [mine], tmp_path / "run", has_validation=True, test_dataset=[])
+    with_validation, checkpoint_io = run_callbacks(config, [mine], tmp_path / "run", has_validation=True, test_dataset=[])
     assert [c.monitor for c in with_validation[:2]] == ["val/loss", None]
-    assert names(with_validation)[2:] == ["EarlyStopping", "LogBatchSize", "PerformanceMonitor", "GracefulInterrupt", "TestReport", "Mine"]
-    assert with_validation[-1] is mine
+    assert names(with_validation)[2:] == [
+        "FinalCheckpoint", "CheckpointWriteMonitor", "EarlyStopping", "LogBatchSize", "PerformanceMonitor", "GracefulInterrupt", "TestReport", "Mine",
+    ]
+    assert with_validation[-1] is mine and type(checkpoint_io).__name__ == "BackgroundCheckpointIO"
     # Without validation there is no best-checkpoint to keep: only the last one is written.
-    without_validation = run_callbacks(config, [mine], tmp_path / "run", has_validation=False)
+    without_validation, _ = run_callbacks(config, [mine], tmp_path / "run", has_validation=False)
     assert [c.monitor for c in without_validation[:1]] == [None] and "TestReport" not in names(without_validation)
-    assert names(without_validation).count(names(with_validation)[0]) == 1
-    # No run folder (validate): no checkpoints at all.
-    assert not any("Checkpoint" in name for name in names(run_callbacks(config, [], None, has_validation=True)))
+    assert names(without_validation).count("ModelCheckpoint") == 1
+    # No run folder (validate): no checkpoints and no checkpoint writer.
+    callbacks, checkpoint_io = run_callbacks(config, [], None, has_validation=True)
+    assert not any("Checkpoint" in name for name in names(callbacks)) and checkpoint_io is None
 
 
 def test_an_empty_validation_split_trains_without_a_best_checkpoint_callback(tmp_path, tiny_dataset):

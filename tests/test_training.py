@@ -10,6 +10,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from brain_gen.cli import main
+from brain_gen.training.checkpointing import BackgroundCheckpointIO
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
 
@@ -165,8 +166,12 @@ def test_a_users_own_model_and_loss_load_from_import_paths(tmp_path, tiny_datase
 
 def test_checkpointing_can_be_switched_off(tmp_path, tiny_dataset):
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"max_epochs": 1, "limit_train_batches": 2, "enable_checkpointing": False})
-    ExperimentDL(config).train()
+    experiment = ExperimentDL(config)
+    experiment.train()
     assert not (tmp_path / "runs" / "logs" / "version_0" / "checkpoints").exists()
+    # No checkpoint callbacks, so no background-writing plugin either.
+    assert not experiment.trainer.checkpoint_callbacks
+    assert not isinstance(experiment.trainer.strategy.checkpoint_io, BackgroundCheckpointIO)
 
 
 def test_an_empty_validation_split_trains_warns_and_tests_the_last_checkpoint(tmp_path, tiny_dataset, caplog):

@@ -1,40 +1,47 @@
-"""ThreadedModelCheckpoint: checkpoints written in the background, never torn.
+"""Checkpoints written in the background, never torn, through Lightning's CheckpointIO extension point.
 
 Threaded checkpoint writers elsewhere serialize live tensors from a background
 thread while training keeps changing them, so a file can hold a mix of two steps.
 Here the training thread first copies the whole checkpoint (model, optimizer,
 schedulers, loops, callbacks) to CPU memory; only writing that frozen copy happens
-in the background: to a temporary file in the same folder, fsync'ed, then renamed
-over the final name. The previous checkpoint is deleted only after the new one is
-durable, so a kill at any moment leaves only complete files.
+in the background, durably (brain_gen.training.durable_write). The checkpoint a new
+one replaces is deleted only after the new one is durable, so a kill at any moment
+leaves only complete files.
+
+The parts:
+- BackgroundCheckpointIO, the plugin (``pl.Trainer(plugins=[...])``): Lightning's
+  ModelCheckpoint saves and removes through it; it snapshots and queues the writes.
+- CheckpointWriteMonitor, a callback: the training thread's side of the plugin. It
+  logs the time training waited for a write, raises a failed write, and finishes
+  the writes when training ends.
+- FinalCheckpoint, a callback: one more save when training ends for any reason but
+  a crash.
+- run_checkpoints(): all of them as ExperimentDL's Trainer uses them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import errno
 import logging
-import mmap
 import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
+from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 
 from brain_gen.memory import empty_page_aligned
+from brain_gen.training.durable_write import DurableWriter
 
 log = logging.getLogger(__name__)
-
-TEMPORARY_SUFFIX = ".partial"
 
 
 class CheckpointWriteError(RuntimeError):
@@ -79,305 +86,130 @@ def snapshot(value: Any, reuse: Any = None) -> Any:
     return copy.deepcopy(value)
 
 
-# O_DIRECT needs the buffer address, the file offset and the length of every write to
-# be multiples of the device's logical block size; 4096 covers the disks in use.
-DIRECT_IO_ALIGNMENT = 4096
+def supports_background_writes(strategy: Strategy) -> bool:
+    """Whether checkpoints of this strategy are written in the background.
 
-# torch.save's options are process-wide settings: one lock, so that two writer threads
-# (best and last checkpoints) never restore each other's values.
-_SAVE_OPTIONS_LOCK = threading.Lock()
-# Folders whose file system refused O_DIRECT once: written buffered from then on.
-_BUFFERED_FOLDERS: set[Path] = set()
-
-
-@contextlib.contextmanager
-def _checkpoint_save_options():
-    """torch.save settings for checkpoint files, while the block runs.
-
-    - No zip CRC-32: it is most of torch.save's CPU time, taken from training on a
-      small machine. Completeness comes from the atomic rename instead (torch >= 2.5).
-    - Tensor data starts at 4096-byte offsets in the file, so that it can go to the
-      disk by direct I/O without a copy (torch >= 2.7; before, _DirectFile stages it).
-    These are process-wide settings: a torch.save elsewhere in the process while a
-    checkpoint is written gets them too, which changes nothing but its CRC and padding.
+    Sharded strategies (FSDP, DeepSpeed, model parallel) gather or shard the state in
+    their own save: their shards never reach a CheckpointIO, and a gathered full state
+    that does is already a CPU copy of a model big enough to need sharding, which a
+    snapshot would double. They keep synchronous writes.
     """
-    from torch.utils import serialization
-
-    settings = getattr(getattr(serialization, "config", None), "save", None)
-    get_crc32 = getattr(torch.serialization, "get_crc32_options", None)
-    with _SAVE_OPTIONS_LOCK:
-        previous_crc32 = get_crc32() if get_crc32 is not None else None
-        previous_alignment = getattr(settings, "storage_alignment", None)
-        if get_crc32 is not None:
-            torch.serialization.set_crc32_options(False)
-        if previous_alignment is not None:
-            settings.storage_alignment = DIRECT_IO_ALIGNMENT
-        try:
-            yield
-        finally:
-            if previous_crc32 is not None:
-                torch.serialization.set_crc32_options(previous_crc32)
-            if previous_alignment is not None:
-                settings.storage_alignment = previous_alignment
+    return isinstance(strategy, SingleDeviceStrategy) or type(strategy) is DDPStrategy
 
 
-class _DirectIOUnsupported(Exception):
-    """The file system refused O_DIRECT (some network and FUSE file systems, tmpfs before Linux 6.6)."""
+class BackgroundCheckpointIO(TorchCheckpointIO):
+    """A CheckpointIO plugin that writes checkpoints on a background thread, durably and never torn.
 
+    ``save_checkpoint`` runs on the training thread: it copies the checkpoint to CPU
+    memory and queues the write of that copy. One thread writes, so at most one write
+    is in flight. A save first waits for the writes of earlier steps, so the queue
+    never holds more than one step's files: the best and the last checkpoint of the
+    same step are written one after the other without stalling training, and memory
+    holds at most one step's snapshots. ``remove_checkpoint`` is queued behind the
+    write of the file's replacement, and skipped if that write failed. A failure is
+    kept until ``raise_failed_write`` raises it on the training thread. Lightning calls
+    the plugin only on global rank zero (``Strategy.save_checkpoint`` /
+    ``remove_checkpoint``).
 
-class _DirectFile:
-    """A write-only file for torch.save that sends page-aligned data straight to the disk.
-
-    A buffered write copies every byte into the page cache and leaves the kernel to
-    write it back: about 0.2-1.3 s of CPU for a 600 MB checkpoint, taken from the
-    training threads on a small machine. With O_DIRECT the disk reads the snapshot's
-    memory itself (0.01 s of CPU). Large tensors of a snapshot are page-aligned
-    (brain_gen.memory), and torch.save is told to start tensor data at aligned file
-    offsets, so most bytes go straight from the snapshot. The rest (zip headers,
-    small tensors, unaligned tails) is gathered in an aligned staging buffer.
+    Writes go to the background only while ``background`` is true, which a
+    CheckpointWriteMonitor sets for the run's strategy: without one, nobody would
+    raise a failed write. Otherwise, and after ``teardown``, every call completes
+    before it returns (Lightning's ddp_spawn hands the final weights to the main
+    process through a file it reads right away).
     """
 
-    def __init__(self, path: Path, staging_bytes: int = 1 << 20):
-        try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
-        except (AttributeError, OSError) as error:  # no O_DIRECT on this OS, or refused here
-            raise _DirectIOUnsupported from error
-        try:
-            self._staging = mmap.mmap(-1, staging_bytes)  # page-aligned
-        except BaseException:
-            os.close(self._fd)
-            raise
-        self._staged = memoryview(self._staging)
-        self._staged_bytes = 0
-        self.size = 0
-        self.direct_bytes = 0
-        # torch.save turns an exception raised in write() into a vague RuntimeError; the
-        # real one is kept here and raised by _save_direct instead.
-        self.error: BaseException | None = None
-
-    def _write_all(self, data: memoryview) -> None:
-        done = 0
-        while done < len(data):
-            try:
-                done += os.write(self._fd, data[done:])
-            except OSError as error:
-                self.error = _DirectIOUnsupported() if error.errno == errno.EINVAL else error
-                raise self.error from error
-
-    def _flush_staging(self, length: int) -> None:
-        self._write_all(self._staged[:length])
-        self._staged_bytes = 0
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        position = 0
-        while position < len(view):
-            aligned_length = (len(view) - position) // DIRECT_IO_ALIGNMENT * DIRECT_IO_ALIGNMENT
-            # The file offset is aligned whenever the staged bytes fill whole blocks.
-            if aligned_length and self._staged_bytes % DIRECT_IO_ALIGNMENT == 0:
-                address = np.frombuffer(view[position:], dtype=np.uint8, count=1).ctypes.data
-                if address % DIRECT_IO_ALIGNMENT == 0:
-                    if self._staged_bytes:
-                        self._flush_staging(self._staged_bytes)
-                    self._write_all(view[position : position + aligned_length])
-                    self.direct_bytes += aligned_length
-                    position += aligned_length
-                    continue
-            count = min(len(self._staging) - self._staged_bytes, len(view) - position)
-            self._staged[self._staged_bytes : self._staged_bytes + count] = view[position : position + count]
-            self._staged_bytes += count
-            position += count
-            if self._staged_bytes == len(self._staging):
-                self._flush_staging(self._staged_bytes)
-        self.size += len(view)
-        return len(view)
-
-    def flush(self) -> None:
-        """Nothing to do: data is written as it comes, and close() writes the rest."""
-
-    def abandon(self) -> None:
-        """Close without writing what is staged: the caller deletes the file."""
-        os.close(self._fd)
-        # After a failed write, an exception's traceback may still hold slices of the
-        # staging buffer; the mapping is then freed with the last of them.
-        with contextlib.suppress(BufferError):
-            self._staged.release()
-            self._staging.close()
-
-    def close(self) -> None:
-        """Write the staged tail padded to a whole block, cut the file to size, fsync."""
-        try:
-            if self._staged_bytes:
-                padded = -(-self._staged_bytes // DIRECT_IO_ALIGNMENT) * DIRECT_IO_ALIGNMENT
-                self._staged[self._staged_bytes : padded] = bytes(padded - self._staged_bytes)
-                self._flush_staging(padded)
-            os.ftruncate(self._fd, self.size)
-            os.fsync(self._fd)
-        finally:
-            self.abandon()
-
-
-def _save_direct(state: dict[str, Any], path: Path) -> None:
-    handle = _DirectFile(path)
-    try:
-        torch.save(state, handle)
-    except BaseException as error:
-        handle.abandon()
-        if handle.error is not None and handle.error is not error:
-            raise handle.error from error
-        raise
-    if handle.error is not None:  # swallowed somewhere inside torch.save
-        handle.abandon()
-        raise handle.error
-    handle.close()
-
-
-def _save_buffered(state: dict[str, Any], path: Path) -> None:
-    with open(path, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_atomically(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """torch.save to a temporary file next to ``path``, fsync, then rename over ``path``.
-
-    The file is written with direct I/O where the file system allows it, else buffered.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
-    try:
-        with _checkpoint_save_options():
-            if path.parent not in _BUFFERED_FOLDERS:
-                try:
-                    _save_direct(state, temporary)
-                except _DirectIOUnsupported:
-                    # Remembered, so that later saves do not write the file twice.
-                    _BUFFERED_FOLDERS.add(path.parent)
-                    log.warning("checkpoint: %s does not take direct I/O; checkpoints there are written buffered", path.parent)
-            if path.parent in _BUFFERED_FOLDERS:
-                _save_buffered(state, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    # Make the rename itself durable before anything relies on it.
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-class ThreadedModelCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint whose file writes run on a background thread.
-
-    Takes every ModelCheckpoint argument. At most one write is in flight: a new save
-    first waits for the previous one, and the time training was blocked by that wait
-    is logged (``checkpoint/blocked_ms``). A failed write is raised on the training
-    thread at the next hook. Pending writes are finished at the end of training and
-    when training stops with an exception. Only global rank zero writes.
-
-    With ``final_last_checkpoint=True`` a checkpoint is also written when training ends
-    for any reason but a crash (max_epochs, early stopping, Ctrl-C), even between
-    ``every_n_epochs`` saves, so finished work is never lost.
-    """
-
-    def __init__(self, *args: Any, final_last_checkpoint: bool = False, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.final_last_checkpoint = final_last_checkpoint
+    def __init__(self, writer: DurableWriter | None = None):
+        super().__init__()
+        self.writer = writer or DurableWriter()
+        self.background = False
         self._executor: ThreadPoolExecutor | None = None
         self._writes: list[Future] = []
-        self.blocked_seconds = 0.0
-        self._in_batch = False
-        self._last_snapshot: Any = None
-        # Called with the path of each checkpoint once it is complete on disk (see on_durable_write).
+        # The global step whose snapshots are queued or being written, and those snapshots.
+        self._queued_step: int | None = None
+        self._queued_snapshots: list[Any] = []
+        # Snapshots whose writes have finished: their memory is reused by the next step's.
+        self._reusable_snapshots: list[Any] = []
+        # (global step, seconds) of each save that waited for the previous write, until reported.
+        self._waits: list[tuple[int | None, float]] = []
         self._durable_write_listeners: list[Callable[[str], None]] = []
 
     def on_durable_write(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(path)`` after each checkpoint this callback writes is complete on disk.
+        """Call ``listener(path)`` after each checkpoint file written through this plugin is complete on disk.
 
         With background writes it runs on the writer thread, right after the file got its
-        final name and before any later write or delete of this callback, so the
-        listener can hard-link the file before it could be replaced. It must be quick.
+        final name and before any later write or delete, so the listener can hard-link
+        the file before it could be replaced. It must be quick.
         """
         self._durable_write_listeners.append(listener)
 
-    def _notify_durable(self, filepath: str) -> None:
-        for listener in self._durable_write_listeners:
-            try:
-                listener(filepath)
-            except Exception:  # a listener's failure must not fail the checkpoint
-                log.exception("checkpoint: a listener failed on %s", filepath)
+    # ----------------------------------------------------------------- CheckpointIO
 
-    def _write_and_notify(self, state: dict[str, Any], filepath: str) -> None:
-        write_atomically(state, filepath)
-        self._notify_durable(filepath)
-
-    # ----------------------------------------------------------------- writing
-
-    def _supports_background_writes(self, trainer: pl.Trainer) -> bool:
-        # Sharded strategies (FSDP, DeepSpeed) gather state in their own save: keep theirs.
-        strategy = trainer.strategy
-        return isinstance(strategy, SingleDeviceStrategy) or type(strategy) is DDPStrategy
-
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if not self._supports_background_writes(trainer):
-            super()._save_checkpoint(trainer, filepath)
-            if trainer.is_global_zero:
-                self._notify_durable(filepath)
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = str(path)
+        if not self.background:
+            self._write_and_notify(checkpoint, path)
             return
         self.raise_failed_write()
-        waited = self.wait_for_writes()
-        if waited > 0:
-            self.blocked_seconds += waited
-            log.info("checkpoint: training waited %.0f ms for the previous write", waited * 1000)
-            if trainer.is_global_zero and trainer.logger is not None:
-                trainer.logger.log_metrics({"checkpoint/blocked_ms": waited * 1000}, step=trainer.global_step)
-        checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
-        if trainer.is_global_zero:
+        step = checkpoint.get("global_step")
+        if step is None or step != self._queued_step:
+            waited = self.finish_writes()
+            if waited > 0:
+                log.info("checkpoint: training waited %.0f ms for the previous write", waited * 1000)
+                self._waits.append((step, waited))
             # Every earlier write has finished (waited for above), so its buffers are free.
-            frozen = snapshot(checkpoint, reuse=self._last_snapshot)
-            self._last_snapshot = frozen
-            self._submit(self._write_and_notify, frozen, filepath)
-        trainer.strategy.barrier("ThreadedModelCheckpoint._save_checkpoint")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(self)
+            self._reusable_snapshots, self._queued_snapshots = self._queued_snapshots, []
+            self._queued_step = step
+        reuse = self._reusable_snapshots.pop(0) if self._reusable_snapshots else None
+        frozen = snapshot(checkpoint, reuse=reuse)
+        self._queued_snapshots.append(frozen)
+        self._submit(self._write_and_notify, frozen, path)
 
-    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if not self._supports_background_writes(trainer):
-            super()._remove_checkpoint(trainer, filepath)
+    def remove_checkpoint(self, path: str | os.PathLike) -> None:
+        if not self.background:
+            super().remove_checkpoint(path)
             return
-        if trainer.is_global_zero:
-            # Queued behind the write of its replacement, and skipped if that write failed.
-            write = self._writes[-1] if self._writes else None
-            self._submit(_remove_after, write, filepath)
+        write = self._writes[-1] if self._writes else None
+        self._submit(self._remove_after, write, path)
 
-    def _submit(self, function, *args) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer", initializer=_lower_priority)
-        self._writes.append(self._executor.submit(function, *args))
+    def load_checkpoint(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.finish_writes()  # the file asked for may still be on its way
+        return super().load_checkpoint(path, *args, **kwargs)
 
-    def wait_for_writes(self) -> float:
-        """Block until queued writes finish; returns the seconds spent waiting."""
-        if not any(not future.done() for future in self._writes):
+    def teardown(self) -> None:
+        """Finish pending writes and stop the writer thread; from now on, writes complete before they return.
+
+        Lightning calls this when a run ends, also when it stops on an exception, where
+        raising would replace that exception: a failure nobody has raised yet is logged.
+        A CheckpointWriteMonitor has normally finished and reported every write already.
+        """
+        waited = self.finish_writes()
+        if waited > 0:
+            log.info("checkpoint: teardown waited %.0f ms for the last write to finish", waited * 1000)
+        try:
+            self.raise_failed_write()
+        except CheckpointWriteError as error:
+            log.error("%s", error)
+        self.background = False
+        self._queued_step, self._queued_snapshots, self._reusable_snapshots = None, [], []
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # ----------------------------------------------------------------- the training thread's view
+
+    def finish_writes(self) -> float:
+        """Block until queued writes and removals finish; returns the seconds spent waiting."""
+        if all(future.done() for future in self._writes):
             return 0.0
         start = time.perf_counter()
         for future in self._writes:
             future.exception()  # waits; failures are reported by raise_failed_write
         return time.perf_counter() - start
 
-    def _finish_writes(self, moment: str) -> None:
-        waited = self.wait_for_writes()
-        if waited > 0:
-            log.info("checkpoint: %s; waited %.0f ms for the last write to finish", moment, waited * 1000)
-
     def raise_failed_write(self) -> None:
-        """Raise the error of a finished write that failed; forget finished writes."""
+        """Raise the error of a finished write that failed, as CheckpointWriteError; forget finished writes."""
         finished = [future for future in self._writes if future.done()]
         self._writes = [future for future in self._writes if not future.done()]
         for future in finished:
@@ -385,54 +217,30 @@ class ThreadedModelCheckpoint(ModelCheckpoint):
             if error is not None:
                 raise CheckpointWriteError(f"writing a checkpoint failed: {error}") from error
 
-    # ----------------------------------------------------------------- hooks
+    def take_waits(self) -> list[tuple[int | None, float]]:
+        """The (global step, seconds) of saves that waited for the previous write since the last call."""
+        waits, self._waits = self._waits, []
+        return waits
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._in_batch = True
-        self.raise_failed_write()
+    # ----------------------------------------------------------------- the writer thread
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._in_batch = False
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+    def _submit(self, function: Callable[..., None], *args: Any) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer", initializer=_lower_priority)
+        self._writes.append(self._executor.submit(function, *args))
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.raise_failed_write()
+    def _write_and_notify(self, state: dict[str, Any], path: str) -> None:
+        self.writer.write(state, path)
+        for listener in self._durable_write_listeners:
+            try:
+                listener(path)
+            except Exception:  # a listener's failure must not fail the checkpoint
+                log.exception("checkpoint: a listener failed on %s", path)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        if self.final_last_checkpoint:
-            self._save_final(trainer, epoch_finished=True)
-        self._finish_writes("training ended")
-        self.raise_failed_write()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        super().on_exception(trainer, pl_module, exception)
-        # Ctrl-C is a deliberate stop, not a crash: keep the work done so far, unless it
-        # landed inside a batch, where the optimizer may be half-way through a step.
-        if self.final_last_checkpoint and isinstance(exception, KeyboardInterrupt) and not self._in_batch:
-            self._save_final(trainer, epoch_finished=False)
-        self._finish_writes("training stopped")
-        try:
-            self.raise_failed_write()
-        except CheckpointWriteError as error:
-            log.error("%s", error)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._finish_writes("teardown")
-        self._last_snapshot = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-
-    def _save_final(self, trainer: pl.Trainer, epoch_finished: bool) -> None:
-        if self._last_global_step_saved == trainer.global_step or trainer.global_step == 0:
-            return
-        monitor_candidates = self._monitor_candidates(trainer)
-        if epoch_finished:
-            # The epoch counter has already moved past the last epoch; name the file after
-            # the epoch that produced it, as the per-epoch saves do.
-            monitor_candidates["epoch"] = torch.tensor(max(trainer.current_epoch - 1, 0))
-        self._save_topk_checkpoint(trainer, monitor_candidates)
+    def _remove_after(self, write: Future | None, path: str | os.PathLike) -> None:
+        if write is not None and write.exception() is not None:
+            return  # the replacement never became durable: keep the file it was to replace
+        super().remove_checkpoint(path)
 
 
 def _lower_priority() -> None:
@@ -450,10 +258,145 @@ def _lower_priority() -> None:
         pass  # not Linux, or not allowed: keep the default priority
 
 
-def _remove_after(write: Future | None, filepath: str) -> None:
-    if write is not None and write.exception() is not None:
-        return
-    Path(filepath).unlink(missing_ok=True)
+class CheckpointWriteMonitor(pl.Callback):
+    """The training thread's side of a BackgroundCheckpointIO.
+
+    At setup it switches the plugin to background writes where the strategy allows
+    them. Before each batch and validation, it logs the time a save waited for the
+    previous write (``checkpoint/blocked_ms``, at that save's global step) and raises a
+    failed write. When training ends it finishes the writes and does the same; when
+    training stops on an exception it finishes them and logs a failure instead of
+    raising it over that exception.
+    """
+
+    def __init__(self, checkpoint_io: BackgroundCheckpointIO):
+        self.checkpoint_io = checkpoint_io
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.strategy.checkpoint_io is not self.checkpoint_io:
+            raise ValueError("CheckpointWriteMonitor: pass its BackgroundCheckpointIO to the Trainer too: pl.Trainer(plugins=[checkpoint_io])")
+        self.checkpoint_io.background = supports_background_writes(trainer.strategy)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._report(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish_writes("training ended")
+        self._report(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._finish_writes("training stopped")
+        try:
+            self._report(trainer)
+        except CheckpointWriteError as error:
+            log.error("%s", error)
+
+    def _finish_writes(self, moment: str) -> None:
+        waited = self.checkpoint_io.finish_writes()
+        if waited > 0:
+            log.info("checkpoint: %s; waited %.0f ms for the last write to finish", moment, waited * 1000)
+
+    def _report(self, trainer: pl.Trainer) -> None:
+        for step, seconds in self.checkpoint_io.take_waits():
+            for logger in trainer.loggers:
+                logger.log_metrics({"checkpoint/blocked_ms": seconds * 1000}, step=step)
+        self.checkpoint_io.raise_failed_write()
+
+
+class FinalCheckpoint(pl.Callback):
+    """One more save through a ModelCheckpoint when training ends for any reason but a crash.
+
+    Training that ends at max_epochs, by early stopping or by Ctrl-C keeps its latest
+    state even between the ModelCheckpoint's ``every_n_epochs`` saves. A Ctrl-C that
+    lands inside a batch saves nothing: the optimizer may be half-way through a step.
+
+    Lightning's ``ModelCheckpoint(save_on_exception=True)`` does not serve: it saves on
+    crashes too, and inside a batch, not when training ends normally, and outside the
+    top-k bookkeeping, so the checkpoint it should replace would stay.
+    """
+
+    def __init__(self, checkpoint: ModelCheckpoint):
+        self.checkpoint = checkpoint
+        self._in_batch = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._in_batch = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._in_batch = False
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, epoch_finished=True)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Ctrl-C is a deliberate stop, not a crash: keep the work done so far.
+        if isinstance(exception, KeyboardInterrupt) and not self._in_batch:
+            self._save(trainer, epoch_finished=False)
+
+    def _save(self, trainer: pl.Trainer, epoch_finished: bool) -> None:
+        # ModelCheckpoint has no public "save now": its public hooks follow every_n_epochs.
+        # These protected members are the ones its own hooks use, so the final file is
+        # named, ranked and replaces the previous one exactly as a scheduled save would.
+        checkpoint = self.checkpoint
+        if checkpoint._last_global_step_saved == trainer.global_step or trainer.global_step == 0:
+            return
+        monitor_candidates = checkpoint._monitor_candidates(trainer)
+        if epoch_finished:
+            # The epoch counter has already moved past the last epoch; name the file after
+            # the epoch that produced it, as the per-epoch saves do.
+            monitor_candidates["epoch"] = torch.tensor(max(trainer.current_epoch - 1, 0))
+        checkpoint._save_topk_checkpoint(trainer, monitor_candidates)
+
+
+def written_by(checkpoint: ModelCheckpoint, path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one of the files ``checkpoint`` saves: in its folder, named by its filename template."""
+    path = Path(path)
+    prefix = (checkpoint.filename or "").split("{")[0]
+    return checkpoint.dirpath is not None and path.parent == Path(checkpoint.dirpath) and path.name.startswith(prefix)
+
+
+@dataclass(frozen=True)
+class RunCheckpoints:
+    """What a Trainer needs for a run's checkpoints: ``pl.Trainer(callbacks=callbacks, plugins=[checkpoint_io])``."""
+
+    callbacks: list[pl.Callback]
+    checkpoint_io: BackgroundCheckpointIO
+    best: ModelCheckpoint | None
+    last: ModelCheckpoint
+
+
+def run_checkpoints(dirpath: Path, cadence_epochs: int | None = None, has_validation: bool = True) -> RunCheckpoints:
+    """The best (lowest val/loss; only with validation) and the latest checkpoint, each kept as one file,
+    written in the background.
+
+    The latest one is written every ``cadence_epochs`` epochs (every epoch by default),
+    and once more when training ends for any reason but a crash.
+    """
+    best = None if not has_validation else ModelCheckpoint(
+        dirpath=dirpath,
+        filename="best-checkpoint-epoch={epoch}-step={step}",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=dirpath,
+        filename="last-checkpoint-epoch={epoch}-step={step}",
+        monitor=None,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        every_n_epochs=cadence_epochs or 1,
+    )
+    checkpoint_io = BackgroundCheckpointIO()
+    # FinalCheckpoint before the monitor: when training ends, the final save comes first,
+    # then the wait for its write. Lightning keeps this order (it moves only
+    # ModelCheckpoints, to the end).
+    callbacks: list[pl.Callback] = [*([best] if best is not None else []), last, FinalCheckpoint(last), CheckpointWriteMonitor(checkpoint_io)]
+    return RunCheckpoints(callbacks=callbacks, checkpoint_io=checkpoint_io, best=best, last=last)
 
 
 def newest_complete_checkpoint(save_dir: str | os.PathLike, prefix: str = "last-checkpoint") -> Path | None:

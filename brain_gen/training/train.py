@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
@@ -34,7 +34,7 @@ from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
-from brain_gen.training.checkpointing import ThreadedModelCheckpoint, newest_complete_checkpoint
+from brain_gen.training.checkpointing import newest_complete_checkpoint, run_checkpoints
 from brain_gen.training.checks import data_fit_problems, model_problems, setup_problems, writable_folder_problems
 from brain_gen.training.lightning import LitModel
 from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
@@ -203,9 +203,15 @@ class ExperimentDL:
 
     def _build_trainer(self, logger: TensorBoardLogger | bool) -> pl.Trainer:
         """The run's Trainer with the run's callbacks; after build(), so that the callbacks fit the data."""
-        callbacks = run_callbacks(self.config, self.user_callbacks, Path(logger.log_dir) if logger else None, self.has_validation, self.datasets.get("test"), self.eval_runner)
+        callbacks, checkpoint_io = run_callbacks(self.config, self.user_callbacks, Path(logger.log_dir) if logger else None, self.has_validation, self.datasets.get("test"), self.eval_runner)
+        kwargs = dict(self.config.trainer.lightning_kwargs)
+        # A user's own plugins (trainer.plugins) stay, next to the checkpoint writer.
+        plugins = kwargs.pop("plugins", None)
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
+        if checkpoint_io is not None:
+            plugins.append(checkpoint_io)
         try:
-            return pl.Trainer(**self.config.trainer.lightning_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(self.save_dir))
+            return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, plugins=plugins, default_root_dir=str(self.save_dir))
         except (MisconfigurationException, ValueError) as exc:  # checked before data by setup_problems; kept for safety
             raise ConfigError(f"trainer: {exc}") from exc
 
@@ -379,21 +385,24 @@ def run_callbacks(
     has_validation: bool,
     test_dataset: Any = None,
     eval_runner: EvalRunner | None = None,
-) -> list[pl.Callback]:
+) -> tuple[list[pl.Callback], CheckpointIO | None]:
     """Every callback of a run, from its config, its folder (None: no logger) and whether it validates.
 
     Checkpoints (best only with validation) and the eval runner that follows them,
     early stopping, telemetry, Ctrl-C handling and the test report, then the user's
     own callbacks. The only later change to this list is the batch-size finder that
-    tune_batch_size puts in front.
+    tune_batch_size puts in front. Returned with the checkpoint writer the Trainer
+    takes as a plugin (None without checkpoints).
     """
     trainer_config = config.trainer
     callbacks: list[pl.Callback] = []
+    checkpoint_io = None
     if run_dir is not None and trainer_config.lightning_kwargs.get("enable_checkpointing", True) is not False:
-        checkpoints = checkpoint_callbacks(run_dir / "checkpoints", trainer_config.checkpoint_cadence_epochs, has_validation)
-        callbacks.extend(checkpoints)
+        checkpoints = run_checkpoints(run_dir / "checkpoints", trainer_config.checkpoint_cadence_epochs, has_validation)
+        callbacks.extend(checkpoints.callbacks)
+        checkpoint_io = checkpoints.checkpoint_io
         if eval_runner is not None:
-            eval_runner.attach(checkpoints[-1])
+            eval_runner.attach(checkpoints.checkpoint_io, checkpoints.last)
             callbacks.append(eval_runner)
     stopping = early_stopping(trainer_config.early_stopping)
     if stopping is not None:
@@ -401,31 +410,4 @@ def run_callbacks(
     callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt()])
     if test_dataset is not None:
         callbacks.append(TestReport(test_dataset))
-    return callbacks + list(user)
-
-
-def checkpoint_callbacks(dirpath: Path, cadence_epochs: int | None = None, has_validation: bool = True) -> list[ModelCheckpoint]:
-    """The best (lowest val/loss, with validation only) and the latest checkpoint, each kept as one file.
-
-    The latest one (always the last in the list) is written every ``cadence_epochs``
-    epochs (every epoch by default), and once more when training ends for any
-    reason but a crash.
-    """
-    best = ThreadedModelCheckpoint(
-        dirpath=dirpath,
-        filename="best-checkpoint-epoch={epoch}-step={step}",
-        monitor="val/loss",
-        mode="min",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-    )
-    last = ThreadedModelCheckpoint(
-        dirpath=dirpath,
-        filename="last-checkpoint-epoch={epoch}-step={step}",
-        monitor=None,
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        every_n_epochs=cadence_epochs or 1,
-        final_last_checkpoint=True,
-    )
-    return [best, last] if has_validation else [last]
+    return callbacks + list(user), checkpoint_io
