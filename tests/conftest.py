@@ -1,4 +1,4 @@
-"""Shared helpers: tiny datasets written in the session format and tiny configs."""
+"""Shared helpers: tiny datasets written in the session format, tiny configs, a run's scalars, a BPE tokenizer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from brain_gen.cli import main
 from brain_gen.dataset.session import SessionMeta, write_session
 from brain_gen.demo import make_synthetic_dataset
 
@@ -78,3 +81,37 @@ def with_changes(config: dict[str, Any], **sections: Any) -> dict[str, Any]:
         else:
             config[section] = values
     return config
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run folder: tag -> [(step, value), ...]."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def write_config(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def text_tokenizer(tmp_path, tiny_dataset, capsys):
+    """A BPE tokenizer trained with the CLI on the tiny dataset's training split: its folder."""
+    config = tiny_config(tmp_path / "runs", tiny_dataset, datasplitter={"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 5}})
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["tokenizer-text", str(path), "--out", str(tmp_path / "tok"), "--vocab-size", "400", "--max-windows", "60"]) == 0
+    capsys.readouterr()
+    return tmp_path / "tok"
+
+
+def text_changes(tokenizer_dir: Path, **dataloader) -> dict:
+    return {
+        "dataloader_class": "TextDataLoader",
+        "dataloader": {"tokenizer_path": str(tokenizer_dir), **dataloader},
+        "datasplitter": {"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 5}},
+        "model_name": "TextGPT",
+        "model_config": {"vocab_size": 400, "num_channels": 4, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_position_embeddings": 512},
+    }

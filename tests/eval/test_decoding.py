@@ -21,9 +21,9 @@ from brain_gen.dataset.splitter import DataSplitter
 from brain_gen.demo import make_evoked_dataset, make_synthetic_dataset
 from brain_gen.models.wavenet import WaveNet
 from tests.conftest import tiny_config, write_constant_session
-from tests.test_training import scalars
+from tests.conftest import scalars
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def classification_config(tmp_path: Path, data: Path, **changes) -> dict:

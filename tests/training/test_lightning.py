@@ -15,7 +15,7 @@ from brain_gen.config.errors import ConfigError
 from brain_gen.training.lightning import LitModel
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
-from tests.test_training import scalars
+from tests.conftest import scalars
 
 BASE_LR = 1e-2
 

@@ -20,7 +20,7 @@ from brain_gen.preprocessing.prepare import prepare_all
 from brain_gen.preprocessing.steps import detect_bad_channels, robust_zscore, standard_montage_name
 from brain_gen.preprocessing.recordings import find_recordings
 from tests.conftest import tiny_config
-from tests.test_training import scalars
+from tests.conftest import scalars
 
 EEG_NAMES = ["Fp1", "Fp2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2", "Cz", "Pz"]
 EVENTS = [(1.0, 0.5, "left"), (5.5, 0.5, "right"), (20.0, 0.5, "left")]

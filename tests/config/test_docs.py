@@ -5,7 +5,7 @@ from pathlib import Path
 from brain_gen.config import schema
 from brain_gen.config.docs import SECTIONS, render
 
-REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_configuration_reference_is_up_to_date():

@@ -13,7 +13,7 @@ from brain_gen.config.errors import ConfigError
 from brain_gen.training.callbacks import batch_size_finder, cpu_batch_size_cap
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
-from tests.test_training import scalars
+from tests.conftest import scalars
 
 QUICK = {"max_epochs": 6, "limit_train_batches": 2, "limit_val_batches": 2}
 

@@ -28,7 +28,7 @@ from brain_gen.training.checkpointing import BackgroundCheckpointIO, CheckpointW
 from brain_gen.training.durable_write import DurableWriter
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
-from tests.test_training import scalars
+from tests.conftest import scalars
 
 QUICK = {"max_epochs": 3, "limit_train_batches": 2, "limit_val_batches": 1}
 

@@ -24,9 +24,8 @@ from brain_gen.eval.evaluation import Evaluation
 from brain_gen.eval.process import start_early, stop_worker
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.training.train import ExperimentDL
-from tests.conftest import tiny_config
-from tests.test_loaders import text_tokenizer  # noqa: F401  (a fixture)
-from tests.test_training import scalars, write_config
+from tests.conftest import text_changes, tiny_config
+from tests.conftest import scalars, write_config
 
 EVAL_FILES = {"summary.json", "rollouts.npz", "psd.png", "covariance.png", "examples.png", "horizon.png", "eval.log"}
 # 50 Hz data: 1 s of context and 2 s of continuation keep the runs short.
@@ -135,7 +134,7 @@ def test_newest_pending_checkpoint_replaces_older_ones(tmp_path, caplog):
     run_dir = tmp_path / "version_0"
     (run_dir / "checkpoints").mkdir(parents=True)
     settings = EvalRunnerConfig(enabled=True)
-    fake = (sys.executable, str(Path(__file__).with_name("slow_eval_worker.py")), "1.0")
+    fake = (sys.executable, str(Path(__file__).parents[1] / "slow_eval_worker.py"), "1.0")
     runner = EvalRunner(settings, run_dir, run_dir / "config.yaml", worker_command=fake)
     runner.start()
     runner._send_setup()
@@ -171,7 +170,7 @@ def test_newest_pending_checkpoint_replaces_older_ones(tmp_path, caplog):
 def test_wait_at_end_false_cancels_and_prints_the_offline_command(tmp_path, caplog):
     run_dir = tmp_path / "version_0"
     (run_dir / "checkpoints").mkdir(parents=True)
-    fake = (sys.executable, str(Path(__file__).with_name("slow_eval_worker.py")), "30")
+    fake = (sys.executable, str(Path(__file__).parents[1] / "slow_eval_worker.py"), "30")
     runner = EvalRunner(EvalRunnerConfig(enabled=True, wait_at_end=False), run_dir, run_dir / "config.yaml", worker_command=fake)
     runner.start()
     runner._send_setup()
@@ -237,7 +236,6 @@ def test_contexts_come_from_distinct_sessions_and_are_seeded(tmp_path, tiny_data
 
 @pytest.mark.parametrize("use_separator", [True, False])
 def test_text_gpt_generates_through_text_and_reports_its_wellformed_rate(tmp_path, tiny_dataset, text_tokenizer, use_separator):
-    from tests.test_loaders import text_changes
 
     config = tiny_config(tmp_path / "runs", tiny_dataset, **text_changes(text_tokenizer, use_separator=use_separator))
     config["eval_runner"] = {**FAST_EVAL, "max_batches": 1, "generator": {"sampling": {"strategy": "argmax"}}}
@@ -255,7 +253,6 @@ def test_text_gpt_generates_through_text_and_reports_its_wellformed_rate(tmp_pat
 
 def test_wellformed_text_decodes_back_to_its_codes(tmp_path, tiny_dataset, text_tokenizer):
     from brain_gen.eval.text_generation import decode_groups
-    from tests.test_loaders import text_changes
 
     config = load_config(tiny_config(tmp_path / "runs", tiny_dataset, **text_changes(text_tokenizer)))
     evaluation = Evaluation(config)
@@ -315,7 +312,7 @@ def test_other_generative_models_are_evaluated_offline(tmp_path, tiny_dataset, c
 def test_a_crashed_or_overdue_evaluation_is_reported_and_the_next_one_gets_a_fresh_process(tmp_path, caplog, worker_seconds, timeout_minutes, expected):
     run_dir = tmp_path / "version_0"
     (run_dir / "checkpoints").mkdir(parents=True)
-    fake = (sys.executable, str(Path(__file__).with_name("slow_eval_worker.py")), worker_seconds)
+    fake = (sys.executable, str(Path(__file__).parents[1] / "slow_eval_worker.py"), worker_seconds)
     runner = EvalRunner(EvalRunnerConfig(enabled=True, timeout_minutes=timeout_minutes), run_dir, run_dir / "config.yaml", worker_command=fake)
     runner.start()
     runner._send_setup()

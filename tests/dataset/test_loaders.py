@@ -18,8 +18,8 @@ from brain_gen.dataset.mixup import MixupCollate, MixupDataLoader, mix_pairs, st
 from brain_gen.dataset.mulaw import mu_law_encode
 from brain_gen.dataset.text import CODE_CHAR_OFFSET, ChannelGroups, TextCollate
 from brain_gen.training.train import ExperimentDL
-from tests.conftest import tiny_config
-from tests.test_training import scalars
+from tests.conftest import text_changes, tiny_config
+from tests.conftest import scalars
 
 
 def test_loader_classes_are_importable_from_train_and_are_dataloaders():
@@ -252,27 +252,6 @@ def test_mixup_configuration_mistakes_exit_2(tmp_path, tiny_dataset, capsys, cha
 # --------------------------------------------------------------------------- text
 
 
-@pytest.fixture
-def text_tokenizer(tmp_path, tiny_dataset, capsys):
-    """A BPE tokenizer trained with the CLI on the tiny dataset's training split: its folder."""
-    config = tiny_config(tmp_path / "runs", tiny_dataset, datasplitter={"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 5}})
-    path = tmp_path / "text.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert main(["tokenizer-text", str(path), "--out", str(tmp_path / "tok"), "--vocab-size", "400", "--max-windows", "60"]) == 0
-    capsys.readouterr()
-    return tmp_path / "tok"
-
-
-def text_changes(tokenizer_dir: Path, **dataloader) -> dict:
-    return {
-        "dataloader_class": "TextDataLoader",
-        "dataloader": {"tokenizer_path": str(tokenizer_dir), **dataloader},
-        "datasplitter": {"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 5}},
-        "model_name": "TextGPT",
-        "model_config": {"vocab_size": 400, "num_channels": 4, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_position_embeddings": 512},
-    }
-
-
 def test_bpe_dataset_groups_have_one_string_length_per_group(tmp_path, tiny_dataset):
     config = tiny_config(tmp_path / "runs", tiny_dataset, datasplitter={"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 7}})
     experiment = ExperimentDL(config)
@@ -392,7 +371,7 @@ def test_example_configs_validate_against_demo_data(tmp_path, capsys):
 
     from brain_gen.demo import make_synthetic_dataset
 
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = Path(__file__).resolve().parents[2] / "examples"
     make_synthetic_dataset(tmp_path / "demo_run" / "data", n_sessions=6, session_seconds=20.0, chunk_seconds=10.0)
     (tmp_path / "examples").mkdir()
     for name in ("mixup_quantize.yaml", "text_gpt.yaml"):

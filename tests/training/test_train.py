@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from brain_gen.cli import main
 from brain_gen.training.checkpointing import BackgroundCheckpointIO
 from brain_gen.training.train import ExperimentDL
-from tests.conftest import tiny_config
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of a run folder: tag -> [(step, value), ...]."""
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
-
-
-def write_config(tmp_path: Path, config: dict) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+from tests.conftest import scalars, tiny_config, write_config
 
 
 @pytest.fixture
