@@ -191,7 +191,8 @@ def run_generate(args: argparse.Namespace) -> None:
 def run_tokenizer_text(args: argparse.Namespace) -> None:
     from brain_gen.training.train import ExperimentDL
 
-    experiment = ExperimentDL(args.config, args.overrides)
+    # Reads the data only: the Trainer settings (a GPU this machine may lack) are not checked.
+    experiment = ExperimentDL(args.config, args.overrides, check_trainer=False)
     out_dir = args.out or experiment.config.dataloader.tokenizer_path
     if out_dir is None:
         raise ConfigError("tokenizer-text --out: give --out or set dataloader.tokenizer_path")

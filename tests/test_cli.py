@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from brain_gen.cli import main
+from brain_gen.config.errors import ConfigError
+from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
 
 
@@ -225,3 +227,28 @@ def test_validate_keeps_lightnings_accelerator_lines_and_drops_its_advertisement
     captured = capsys.readouterr()
     assert "GPU available" in captured.out and "config ok" in captured.out
     assert "litlogger" not in captured.out + captured.err and "💡" not in captured.out + captured.err
+
+
+def test_tokenizer_text_reads_the_data_without_the_trainers_accelerator(capsys, tmp_path, tiny_dataset):
+    # A config written for a GPU machine trains a tokenizer on a machine without one.
+    config = tiny_config(tmp_path / "runs", tiny_dataset, datasplitter={"dataset_class": "BPEDataset", "dataset_kwargs": {"max_val": 4.0, "group_size": 5}})
+    config["trainer"]["accelerator"] = "cuda"
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["tokenizer-text", str(path), "--out", str(tmp_path / "tok"), "--vocab-size", "300", "--max-windows", "10"]) == 0
+    assert (tmp_path / "tok" / "tokenizer").exists()
+    # Training with it still needs the accelerator.
+    code, err = run_cli(capsys, "train", str(path))
+    assert code == 2 and len(err) == 1 and "trainer: `CUDAAccelerator` can not run on your system" in err[0]
+
+
+def test_a_users_own_checkpoint_io_is_refused_before_data_is_read(tmp_path, tiny_dataset):
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+    config = tiny_config(tmp_path / "runs", tiny_dataset)
+    config["trainer"]["plugins"] = [TorchCheckpointIO()]
+    with pytest.raises(ConfigError, match="trainer.plugins: brain-gen writes checkpoints through its own CheckpointIO"):
+        ExperimentDL(config)
+    # Without checkpoints of its own, brain-gen leaves the plugin to the user.
+    config["trainer"]["enable_checkpointing"] = False
+    ExperimentDL(config)

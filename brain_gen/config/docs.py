@@ -107,7 +107,10 @@ def render() -> str:
         for name, field in model.model_fields.items():
             key = field.alias or name
             description = (field.description or "").replace("|", "\\|")
-            lines.append(f"| `{prefix}{key}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
+            # A field normalised by a validator names the forms it accepts, not the one it holds.
+            accepts = (field.json_schema_extra or {}).get("accepts") if isinstance(field.json_schema_extra, dict) else None
+            written = accepts.replace("|", "\\|") if accepts else type_name(field.annotation)
+            lines.append(f"| `{prefix}{key}` | {written} | {default_text(field)} | {description} |")
         lines.append("")
     return "\n".join(lines)
 

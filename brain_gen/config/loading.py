@@ -277,7 +277,8 @@ def describe_validation_errors(exc: ValidationError, data: dict[str, Any], root:
         elif first["type"] == "missing":
             messages.append(f"{prefix}required key is missing")
         elif first["type"] in ("value_error", "assertion_error"):
-            messages.append(prefix + first["msg"].removeprefix("Value error, "))
+            # A validator that finds several problems puts each on its own line.
+            messages.extend(prefix + line for line in first["msg"].removeprefix("Value error, ").splitlines())
         elif len(group["errors"]) > 1 and group["tags"]:
             expected = " or ".join(group["tags"])
             messages.append(f"{prefix}expected {expected}, got {first['input']!r}")

@@ -264,9 +264,10 @@ class LightningConfig(Section):
     resume_token_corruption: dict[str, Any] | None = Field(
         default=None,
         description=(
-            "After resuming, replace the token corruption settings with this mapping; "
-            "true reuses model_config.token_corruption_cfg, false is null."
+            "After resuming, replace the token corruption settings with this mapping; true reuses "
+            "model_config.token_corruption_cfg (corruption off, `{enabled: false}`, where it is not set); false is null."
         ),
+        json_schema_extra={"accepts": "mapping | bool | null"},
     )
     compile: bool = Field(default=False, description="Wrap the model with torch.compile.")
     benchmark_train_step: bool = Field(
@@ -618,12 +619,9 @@ class ExperimentConfig(Section):
             return data
         model_kwargs = data.get("model_config", data.get("model_kwargs"))
         settings = model_kwargs.get("token_corruption_cfg") if isinstance(model_kwargs, dict) else None
-        if not isinstance(settings, dict):
-            raise ValueError(
-                "lightning.resume_token_corruption: true reuses model_config.token_corruption_cfg, which is not set; "
-                "set it, or give the settings as a mapping"
-            )
-        return {**data, "lightning": {**lightning, "resume_token_corruption": dict(settings)}}
+        # A model config without settings built a model without corruption: reusing it means off.
+        settings = dict(settings) if isinstance(settings, dict) else {"enabled": False}
+        return {**data, "lightning": {**lightning, "resume_token_corruption": settings}}
 
     @model_validator(mode="after")
     def _check_loader_extras(self) -> ExperimentConfig:
@@ -633,7 +631,7 @@ class ExperimentConfig(Section):
         loader = self.dataloader_class if self.dataloader_class in LOADER_OPTIONS else None
         problems = self.dataloader.misplaced_keys(loader, self.dataloader_class)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))  # one problem per line: the CLI prints each on its own
         if self.dataloader_class == "TextDataLoader" and self.dataloader.tokenizer_path is None:
             raise ValueError("dataloader.tokenizer_path is required with dataloader_class: TextDataLoader")
         return self

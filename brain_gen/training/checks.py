@@ -20,14 +20,15 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins.io import CheckpointIO
 from torch import nn
 
-from brain_gen.config.errors import did_you_mean
-from brain_gen.config.pending import pending_features
-from brain_gen.config.registry import check_arguments
+from brain_gen.config.errors import ConfigError, did_you_mean
+from brain_gen.config.registry import check_arguments, resolve_class
 from brain_gen.config.schema import ExperimentConfig, LightningConfig, ResumeContextConfig
 from brain_gen.dataset.mixup import sample_problems
 from brain_gen.training.lightning import scheduler_classes
@@ -41,24 +42,48 @@ except ImportError:  # pragma: no cover
 # --------------------------------------------------------------------------- pass 1: the config
 
 
-def setup_problems(config: ExperimentConfig) -> list[str]:
-    """Everything that can be checked from the config alone: schedule, paths, Trainer settings."""
+def setup_problems(config: ExperimentConfig, check_trainer: bool = True) -> list[str]:
+    """Everything that can be checked from the config alone: schedule, paths and, unless
+    ``check_trainer`` is false (a command that only reads the data), the Trainer settings."""
     problems = lr_schedule_problems(config.lightning)
-    if config.resume_from is not None:
+    # resume_from: last is resolved to a path by ExperimentDL first, or reported there.
+    if config.resume_from is not None and config.resume_from != "last":
         problems += checkpoint_file_problems("resume_from", Path(config.resume_from))
     problems += writable_folder_problems("save_dir", Path(config.save_dir))
     if config.datasplitter.cache_dir:
         problems += writable_folder_problems("datasplitter.cache_dir", Path(config.datasplitter.cache_dir))
+    return problems + (trainer_setup_problems(config) if check_trainer else [])
+
+
+def class_problems(named: list[tuple[str, str, Mapping[str, str]]]) -> list[str]:
+    """Each ``(key, name, built-ins)`` names a class that can be found (a built-in, or an import path)."""
+    problems = []
+    for key, name, builtins in named:
+        try:
+            resolve_class(key, name, builtins)
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
+
+
+def trainer_setup_problems(config: ExperimentConfig) -> list[str]:
+    """The Trainer settings, and how they meet the eval runner and brain-gen's checkpoint writer."""
     kwargs = config.trainer.lightning_kwargs
+    problems = []
+    checkpoints = kwargs.get("enable_checkpointing", True) is not False
     evaluates = config.eval_runner is not None and config.eval_runner.enabled
-    if evaluates and kwargs.get("enable_checkpointing", True) is False:
+    if evaluates and not checkpoints:
         problems.append(
             "eval_runner.enabled: evaluations read the last-checkpoints, but trainer.enable_checkpointing is false; "
             "enable one or the other"
         )
-    pending = pending_features(config)
-    if pending:
-        problems.append(f"not implemented yet: {', '.join(pending)}; remove or switch off these keys")
+    plugins = kwargs.get("plugins")
+    plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins]
+    if checkpoints and any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        problems.append(
+            "trainer.plugins: brain-gen writes checkpoints through its own CheckpointIO (BackgroundCheckpointIO), "
+            "and a Trainer takes one; remove yours, or set trainer.enable_checkpointing: false"
+        )
     return problems + trainer_problems(kwargs)
 
 

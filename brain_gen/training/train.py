@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
-from brain_gen.config.loading import load_config
+from brain_gen.config.loading import check_trainer_kwargs, load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.registry import instantiate, resolve_class
 from brain_gen.config.schema import ExperimentConfig
@@ -35,7 +35,7 @@ from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import newest_complete_checkpoint, run_checkpoints
-from brain_gen.training.checks import data_fit_problems, model_problems, setup_problems, writable_folder_problems
+from brain_gen.training.checks import class_problems, data_fit_problems, model_problems, setup_problems, trainer_setup_problems, writable_folder_problems
 from brain_gen.training.lightning import LitModel
 from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
 
@@ -63,8 +63,17 @@ class ExperimentDL:
     are built on first use.
     """
 
-    def __init__(self, cfg: dict[str, Any] | str | os.PathLike, overrides: list[str] | None = None, eval_process: WorkerProcess | None = None):
-        self.config = load_config(cfg, overrides)
+    def __init__(
+        self,
+        cfg: dict[str, Any] | str | os.PathLike,
+        overrides: list[str] | None = None,
+        eval_process: WorkerProcess | None = None,
+        check_trainer: bool = True,
+    ):
+        self.config = load_config(cfg, overrides, check_trainer=check_trainer)
+        # False for commands that only read the data (tokenizer-text): a config for a GPU
+        # machine can then be used where there is none. A run checks the Trainer first.
+        self._trainer_checked = check_trainer
         # Started by the command line before its imports; the eval runner of the first fit adopts it.
         self._early_eval_process = eval_process
         problems = []
@@ -79,7 +88,13 @@ class ExperimentDL:
                 log.info("resume_from: last is %s", newest)
                 self.config.resume_from = str(newest)
         # Every problem the config alone shows, reported together before anything is read.
-        problems += setup_problems(self.config)
+        problems += setup_problems(self.config, check_trainer)
+        problems += class_problems([
+            ("datasplitter.dataset_class", self.config.datasplitter.dataset_class, DATASETS),
+            ("dataloader_class", self.config.dataloader_class, LOADERS),
+            ("model_name", self.config.model_name, MODELS),
+            ("loss_name", self.config.loss_name, LOSSES),
+        ])
         try:
             self.user_callbacks = user_callbacks(self.config.trainer.callbacks)
         except ConfigError as exc:
@@ -201,9 +216,10 @@ class ExperimentDL:
         """Whether the validation split has windows (after build)."""
         return len(self.datasets["val"]) > 0
 
-    def _build_trainer(self, logger: TensorBoardLogger | bool) -> pl.Trainer:
+    def _build_trainer(self, logger: TensorBoardLogger | bool, fitting: bool = False) -> pl.Trainer:
         """The run's Trainer with the run's callbacks; after build(), so that the callbacks fit the data."""
-        callbacks, checkpoint_io = run_callbacks(self.config, self.user_callbacks, Path(logger.log_dir) if logger else None, self.has_validation, self.datasets.get("test"), self.eval_runner)
+        eval_runner = self.eval_runner if fitting else None
+        callbacks, checkpoint_io = run_callbacks(self.config, self.user_callbacks, Path(logger.log_dir) if logger else None, self.has_validation, self.datasets.get("test"), eval_runner)
         kwargs = dict(self.config.trainer.lightning_kwargs)
         # A user's own plugins (trainer.plugins) stay, next to the checkpoint writer.
         plugins = kwargs.pop("plugins", None)
@@ -247,6 +263,7 @@ class ExperimentDL:
 
     def _start_run(self, fitting: bool = False) -> pl.Trainer:
         """A Trainer logging into a new version folder, with the resolved config saved there."""
+        self._check_run_settings()
         logger = BoundedFlushTensorBoardLogger(save_dir=str(self.save_dir), name=self.config.experiment_name, default_hp_metric=False)
         run_dir = Path(logger.log_dir)
         # Evaluations follow the checkpoints of fitting; a test run has none.
@@ -258,22 +275,35 @@ class ExperimentDL:
                 self.eval_runner.start()
         try:
             self.build()
+            if not self.has_validation:
+                log.warning(
+                    "the validation split has no windows (datasplitter.val_ratio is 0 or its sessions are too short): "
+                    "no val/loss and no best-checkpoint; last-checkpoint is still written"
+                )
+            trainer = self._build_trainer(logger, fitting)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # "x": a run never overwrites another run's files.
+            with open(run_dir / "config.yaml", "x") as handle:
+                yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
         except BaseException:
             if self.eval_runner is not None:
                 self.eval_runner.cancel()  # the run stops before it starts: so does its evaluation process
             raise
-        if not self.has_validation:
-            log.warning(
-                "the validation split has no windows (datasplitter.val_ratio is 0 or its sessions are too short): "
-                "no val/loss and no best-checkpoint; last-checkpoint is still written"
-            )
-        trainer = self._build_trainer(logger)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # "x": a run never overwrites another run's files.
-        with open(run_dir / "config.yaml", "x") as handle:
-            yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
         self.trainer = trainer
         return trainer
+
+    def _trainer_problems(self) -> list[str]:
+        """The Trainer checks a config loaded with check_trainer=False skipped (once)."""
+        self._trainer_checked = True
+        return check_trainer_kwargs(self.config.trainer.model_extra or {}) + trainer_setup_problems(self.config)
+
+    def _check_run_settings(self) -> None:
+        """What a run needs beyond reading data: the Trainer settings (unless checked already) and no pending keys."""
+        problems = [] if self._trainer_checked else self._trainer_problems()
+        pending = pending_features(self.config)
+        if pending:
+            problems.append(f"not implemented yet: {', '.join(pending)}; remove or switch off these keys")
+        raise_problems(problems)
 
     @property
     def checkpoints(self) -> bool:
@@ -359,6 +389,8 @@ class ExperimentDL:
 
     def validate(self) -> dict[str, Any]:
         """Check config, data, model and Trainer settings without training; return a summary."""
+        if not self._trainer_checked:
+            raise_problems(self._trainer_problems())
         self.build()
         self._build_trainer(logger=False)
         train_split = self.splits["train"]

@@ -187,9 +187,16 @@ def test_resume_token_corruption_true_becomes_the_model_configs_settings(tmp_pat
     config = tiny_config(tmp_path / "runs", tiny_dataset, resume_from="earlier.ckpt", lightning={"resume_token_corruption": True})
     config["model_config"] = {**config["model_config"], "token_corruption_cfg": {"p": 0.25}}
     assert load_config(config).lightning.resume_token_corruption == {"p": 0.25}
+    # A model config without settings built its model without corruption: reusing it means off.
     del config["model_config"]["token_corruption_cfg"]
-    with pytest.raises(ConfigError, match="lightning.resume_token_corruption: true reuses model_config.token_corruption_cfg, which is not set"):
-        load_config(config)
+    assert load_config(config).lightning.resume_token_corruption == {"enabled": False}
+    assert load_config({**config, "lightning": {**config["lightning"], "resume_token_corruption": False}}).lightning.resume_token_corruption is None
+
+
+def test_several_misplaced_loader_keys_are_one_problem_each():
+    with pytest.raises(ConfigError) as raised:
+        load_config(minimal(dataloader={"mixup_alpha": 0.2, "use_separator": True}))
+    assert [problem.split(" is only")[0] for problem in raised.value.problems] == ["dataloader.mixup_alpha", "dataloader.use_separator"]
 
 
 def test_default_batch_size_tuning_is_skipped_on_cpu_with_a_notice(tmp_path, tiny_dataset, caplog):

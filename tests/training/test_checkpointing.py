@@ -428,8 +428,9 @@ def test_ctrl_c_during_a_batch_stops_after_it_with_a_consistent_final_checkpoint
 
 def test_resume_from_last_picks_the_newest_complete_checkpoint(tmp_path, tiny_dataset):
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK)
-    with pytest.raises(ConfigError, match="resume_from: last: no complete last-checkpoint under"):
+    with pytest.raises(ConfigError, match="resume_from: last: no complete last-checkpoint under") as raised:
         ExperimentDL({**config, "resume_from": "last"})
+    assert len(raised.value.problems) == 1  # not also "checkpoint not found: last"
     first = ExperimentDL(config)
     first.train()
     (run_dir_of(first) / "checkpoints" / ".last-checkpoint-epoch=9-step=99.ckpt.123.partial").write_bytes(b"torn")
@@ -481,3 +482,14 @@ def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tmp_path
         experiment = ExperimentDL(again)
         experiment.train()
         assert experiment.trainer.global_step > state["global_step"]
+
+
+def test_only_the_last_checkpoint_callbacks_files_count_as_its_writes(tmp_path):
+    from brain_gen.training.checkpointing import run_checkpoints, written_by
+
+    checkpoints = run_checkpoints(tmp_path / "checkpoints", has_validation=True)
+    folder = tmp_path / "checkpoints"
+    assert written_by(checkpoints.last, folder / "last-checkpoint-epoch=0-step=4.ckpt")
+    assert not written_by(checkpoints.last, folder / "best-checkpoint-epoch=0-step=4.ckpt")
+    assert not written_by(checkpoints.last, tmp_path / "elsewhere" / "last-checkpoint-epoch=0-step=4.ckpt")
+    assert written_by(checkpoints.best, folder / "best-checkpoint-epoch=0-step=4.ckpt")

@@ -12,6 +12,7 @@ import yaml
 
 from brain_gen.cli import main
 from brain_gen.config.errors import ConfigError
+from brain_gen.config.loading import load_config
 from brain_gen.training.lightning import LitModel
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import tiny_config
@@ -309,7 +310,7 @@ def test_resume_context_needs_a_resizable_model(capsys, tmp_path, tiny_dataset, 
     )
     config["model_config"] = {"num_channels": 4}
     assert "lightning.resume_context: LastValueModel has no resize_context method" in cli_error(capsys, tmp_path, config)
-    config["lightning"] = {"lr": 1e-3, "weight_decay": 0.0, "resume_token_corruption": {"p": 0.1}}
+    config["lightning"] = {"lr": 1e-3, "weight_decay": 0.0, "resume_token_corruption": True}
     assert "lightning.resume_token_corruption: LastValueModel has no update_token_corruption_cfg" in cli_error(capsys, tmp_path, config)
 
 
@@ -380,6 +381,12 @@ def test_a_grad_clip_threshold_of_zero_counts_every_step_with_a_gradient(tmp_pat
     _, logged = run(tmp_path, tiny_dataset, lightning={"grad_clip_threshold": 0.0}, trainer={"max_epochs": 1, "limit_train_batches": 4})
     assert min(values(logged, "grad_norm")) > 0
     assert values(logged, "grad_clip_pct") == [100.0] * 4
+
+
+def test_zero_is_accepted_wherever_torch_accepts_it(tmp_path, tiny_dataset):
+    lightning = {"lr": 0.0, "weight_decay": 0.0, "resume_lr": 0.0, "resume_weight_decay": 0.0, "grad_clip_threshold": 0.0}
+    config = load_config(tiny_config(tmp_path / "runs", tiny_dataset, resume_from="earlier.ckpt", lightning=lightning))
+    assert all(getattr(config.lightning, key) == 0.0 for key in lightning)
 
 
 @pytest.mark.parametrize("key", ["lr", "resume_lr", "grad_clip_threshold"])
