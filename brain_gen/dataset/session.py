@@ -79,8 +79,11 @@ def write_session(
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{target} already holds files; nothing is overwritten")
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".*-{target.name}-*"):
-        if stale.name.startswith((PARTIAL_PREFIX, REPLACED_PREFIX)):
+    # Only this session's leftovers: "<prefix><name>-<pid>" exactly, so that the hidden
+    # folder of another session whose name extends this one (sub-01-ses-2) is left alone.
+    leftover = re.compile(f"({re.escape(PARTIAL_PREFIX)}|{re.escape(REPLACED_PREFIX)}){re.escape(target.name)}-[0-9]+")
+    for stale in target.parent.glob(f".*{target.name}-*"):
+        if leftover.fullmatch(stale.name):
             shutil.rmtree(stale, ignore_errors=True)
     partial = target.with_name(f"{PARTIAL_PREFIX}{target.name}-{os.getpid()}")
     replaced = target.with_name(f"{REPLACED_PREFIX}{target.name}-{os.getpid()}")

@@ -90,3 +90,16 @@ def test_write_session_writes_what_read_meta_reads_and_never_overwrites_by_defau
     write_session(folder, chunks[:1], meta, overwrite=True)
     assert len(list_chunk_files(folder)) == 1 and not (folder / "events.tsv").exists()
     assert [path.name for path in tmp_path.iterdir()] == ["s"]
+
+
+def test_a_write_removes_only_its_own_sessions_leftovers(tmp_path):
+    # A killed write of sub-01 leaves its hidden folders; a write of sub-01-ses-2 may be running beside it.
+    own = [tmp_path / ".partial-sub-01-4242", tmp_path / ".replaced-sub-01-4242"]
+    other = [tmp_path / ".partial-sub-01-ses-2-4243", tmp_path / ".partial-xsub-01-4244"]
+    for folder in own + other:
+        folder.mkdir()
+    meta = SessionMeta(10.0, ["A"], [[0.0, 0.0]])
+    write_session(tmp_path / "sub-01", [np.zeros((1, 20), np.float32)], meta)
+    assert not any(folder.exists() for folder in own)
+    assert all(folder.exists() for folder in other)
+    assert read_meta(tmp_path / "sub-01")["sfreq"] == 10.0
