@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from brain_gen.config.schema import EvalRunnerConfig
 from brain_gen.eval.evaluation import evaluation_folder_name
 from brain_gen.eval.process import WORKER_COMMAND, WorkerProcess, start_worker, stop_worker
-from brain_gen.training.checkpointing import BackgroundCheckpointIO, written_by
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +85,6 @@ class EvalRunner(pl.Callback):
 
     # ----------------------------------------------------------------- hooks
 
-    def attach(self, checkpoint_io: BackgroundCheckpointIO, checkpoint_callback: ModelCheckpoint) -> None:
-        """Listen to the durable writes of ``checkpoint_callback``'s files (the last-checkpoints) by ``checkpoint_io``."""
-
-        def on_durable_write(path: str) -> None:
-            # The plugin writes the files of every checkpoint callback; only this one's are evaluated.
-            if written_by(checkpoint_callback, path):
-                self._checkpoint_written(path)
-
-        checkpoint_io.on_durable_write(on_durable_write)
-
     def start(self) -> None:
         """Start the evaluation process now (or adopt the early one), so that its imports overlap the run's own start-up."""
         if self._worker is not None:
@@ -131,8 +119,9 @@ class EvalRunner(pl.Callback):
 
     # ----------------------------------------------------------------- queue
 
-    def _checkpoint_written(self, path: str) -> None:
-        """Runs on the checkpoint writer thread, before the file can be replaced: keep a link to it."""
+    def checkpoint_written(self, path: str) -> None:
+        """Called on the checkpoint writer thread for each last-checkpoint once it is durable,
+        before the file can be replaced: keep a link to it."""
         if not self._active:
             return
         with self._lock:

@@ -133,13 +133,21 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
         self._waits: list[tuple[int | None, float]] = []
         self._durable_write_listeners: list[Callable[[str], None]] = []
 
-    def on_durable_write(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(path)`` after each checkpoint file written through this plugin is complete on disk.
+    def on_durable_write(self, listener: Callable[[str], None], of: ModelCheckpoint | None = None) -> None:
+        """Call ``listener(path)`` after each checkpoint file written through this plugin is complete on disk;
+        with ``of``, only for the files of that checkpoint callback.
 
         With background writes it runs on the writer thread, right after the file got its
         final name and before any later write or delete, so the listener can hard-link
         the file before it could be replaced. It must be quick.
         """
+        if of is not None:
+            everything = listener
+
+            def listener(path: str) -> None:
+                if written_by(of, path):
+                    everything(path)
+
         self._durable_write_listeners.append(listener)
 
     # ----------------------------------------------------------------- CheckpointIO

@@ -434,7 +434,8 @@ def run_callbacks(
         callbacks.extend(checkpoints.callbacks)
         checkpoint_io = checkpoints.checkpoint_io
         if eval_runner is not None:
-            eval_runner.attach(checkpoints.checkpoint_io, checkpoints.last)
+            # Evaluations follow the last-checkpoints, each as soon as it is complete on disk.
+            checkpoints.checkpoint_io.on_durable_write(eval_runner.checkpoint_written, of=checkpoints.last)
             callbacks.append(eval_runner)
     stopping = early_stopping(trainer_config.early_stopping)
     if stopping is not None:

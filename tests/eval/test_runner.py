@@ -144,10 +144,10 @@ def test_newest_pending_checkpoint_replaces_older_ones(tmp_path, caplog):
         path.write_bytes(b"weights")
         paths.append(path)
     with caplog.at_level(logging.INFO):
-        runner._checkpoint_written(str(paths[0]))
+        runner.checkpoint_written(str(paths[0]))
         runner.poll()  # the first one starts at once
         for path in paths[1:]:
-            runner._checkpoint_written(str(path))
+            runner.checkpoint_written(str(path))
             path.unlink()  # training deletes the older file: the evaluation still reads its link
         deadline = time.monotonic() + 30
         while not runner.completed and time.monotonic() < deadline:
@@ -156,7 +156,7 @@ def test_newest_pending_checkpoint_replaces_older_ones(tmp_path, caplog):
         for step in (50, 60):
             path = run_dir / "checkpoints" / f"last-checkpoint-epoch={step // 10 - 1}-step={step}.ckpt"
             path.write_bytes(b"weights")
-            runner._checkpoint_written(str(path))
+            runner.checkpoint_written(str(path))
         # At the end an older evaluation would only delay the final one: it is stopped.
         runner.finish(wait=True)
     finished = sorted(path.parent.name for path in (run_dir / "evals").glob("*/job.json"))
@@ -176,7 +176,7 @@ def test_wait_at_end_false_cancels_and_prints_the_offline_command(tmp_path, capl
     runner._send_setup()
     path = run_dir / "checkpoints" / "last-checkpoint-epoch=0-step=5.ckpt"
     path.write_bytes(b"weights")
-    runner._checkpoint_written(str(path))
+    runner.checkpoint_written(str(path))
     runner.poll()
     started = time.monotonic()
     with caplog.at_level(logging.INFO):
@@ -319,7 +319,7 @@ def test_a_crashed_or_overdue_evaluation_is_reported_and_the_next_one_gets_a_fre
     path = run_dir / "checkpoints" / "last-checkpoint-epoch=0-step=5.ckpt"
     path.write_bytes(b"weights")
     with caplog.at_level(logging.INFO):
-        runner._checkpoint_written(str(path))
+        runner.checkpoint_written(str(path))
         runner.poll()
         first_process = runner._worker.process
         deadline = time.monotonic() + 20

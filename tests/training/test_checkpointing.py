@@ -493,3 +493,12 @@ def test_only_the_last_checkpoint_callbacks_files_count_as_its_writes(tmp_path):
     assert not written_by(checkpoints.last, folder / "best-checkpoint-epoch=0-step=4.ckpt")
     assert not written_by(checkpoints.last, tmp_path / "elsewhere" / "last-checkpoint-epoch=0-step=4.ckpt")
     assert written_by(checkpoints.best, folder / "best-checkpoint-epoch=0-step=4.ckpt")
+    # A listener for the last-checkpoints (the eval runner's) hears of no best-checkpoint.
+    heard, everything = [], []
+    checkpoints.checkpoint_io.on_durable_write(heard.append, of=checkpoints.last)
+    checkpoints.checkpoint_io.on_durable_write(everything.append)
+    for name in ("best-checkpoint-epoch=0-step=4.ckpt", "last-checkpoint-epoch=0-step=4.ckpt"):
+        checkpoints.checkpoint_io.save_checkpoint({"x": torch.ones(2)}, folder / name)
+    checkpoints.checkpoint_io.teardown()
+    assert [Path(path).name for path in heard] == ["last-checkpoint-epoch=0-step=4.ckpt"]
+    assert len(everything) == 2
