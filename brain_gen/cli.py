@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 
 from brain_gen.config.errors import BrainGenError, ConfigError
 from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS
+from brain_gen.distributed import launched_as_rank_zero
 from brain_gen.eval.process import start_early, stop_worker
 
 EXIT_BAD_INPUT = 2
@@ -275,11 +277,13 @@ class _NoAdvertisements(logging.Filter):
 
 
 @contextlib.contextmanager
-def console_logging():
+def console_logging(quiet: bool = False):
     """Status messages to stdout, warnings to stderr, for brain-gen and Lightning alike.
 
     Lightning prints its status lines (GPU available, ...) to stderr by default; on
-    stdout they stay out of the way of the one-line error a bad input gets.
+    stdout they stay out of the way of the one-line error a bad input gets. ``quiet``
+    (the other ranks of a distributed run): errors only, since every other line would
+    repeat rank zero's.
     """
     saved = []
     for name, prefix in (("brain_gen", "brain-gen: "), ("pytorch_lightning", ""), ("lightning_fabric", "")):
@@ -293,7 +297,7 @@ def console_logging():
             handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
             handler.addFilter(_NoAdvertisements())
         logger.handlers[:] = [status, problems]
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.ERROR if quiet else logging.INFO)
         logger.propagate = False
     try:
         yield
@@ -302,6 +306,17 @@ def console_logging():
             logger.handlers[:] = handlers
             logger.setLevel(level)
             logger.propagate = propagate
+
+
+@contextlib.contextmanager
+def _prints_unless_rank_zero():
+    """In the other processes of a distributed run, print() goes nowhere: each rank runs
+    the same command, and its summary would repeat rank zero's."""
+    if launched_as_rank_zero():
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     import pytorch_lightning  # noqa: F401  (its loggers must exist before they are redirected)
 
     try:
-        with console_logging():
+        with console_logging(quiet=not launched_as_rank_zero()), _prints_unless_rank_zero():
             try:
                 exit_code = COMMANDS[args.command](args)
             except BrainGenError as exc:

@@ -20,6 +20,7 @@ import numpy as np
 from brain_gen.config.errors import ConfigError, DataError
 from brain_gen.config.schema import DataSplitterConfig
 from brain_gen.dataset.session import SessionInfo, list_session_dirs, scan_session
+from brain_gen.distributed import launched_as_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class DataSplitter:
             return {}
 
     def _save_cache(self, root: Path, sessions: list[SessionInfo]) -> None:
+        # Every rank of a distributed run scans and splits alike; the shortcut is written once.
+        if not launched_as_rank_zero():
+            return
         path = self._cache_file(root)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"version": CACHE_VERSION, "root": str(root), "sessions": [s.to_json() for s in sessions]}

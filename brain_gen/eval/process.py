@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from brain_gen.config.errors import BrainGenError
+from brain_gen.distributed import launched_as_rank_zero
 
 WORKER_COMMAND = (sys.executable, "-m", "brain_gen.eval.worker")
 
@@ -87,16 +88,6 @@ def start_early(source: Any, overrides: list[str] | None = None) -> WorkerProces
         log.close()
         Path(log.name).unlink(missing_ok=True)
         return None
-
-
-# Set by the launchers that start one process per device: torchrun (RANK), SLURM (SLURM_PROCID),
-# and Lightning's own launcher for the processes it adds (LOCAL_RANK, with NODE_RANK per node).
-RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
-
-
-def launched_as_rank_zero() -> bool:
-    """Whether no launcher's rank variable says this process is not global rank zero."""
-    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
 
 
 def stop_worker(worker: WorkerProcess) -> None:

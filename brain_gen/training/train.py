@@ -29,7 +29,8 @@ from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.eval.evaluation import check_evaluation_fits
 from brain_gen.eval.reports import TestReport
-from brain_gen.eval.process import WorkerProcess, launched_as_rank_zero
+from brain_gen.distributed import launched_as_rank_zero
+from brain_gen.eval.process import WorkerProcess
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
@@ -281,10 +282,14 @@ class ExperimentDL:
                     "no val/loss and no best-checkpoint; last-checkpoint is still written"
                 )
             trainer = self._build_trainer(logger, fitting)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            # "x": a run never overwrites another run's files.
-            with open(run_dir / "config.yaml", "x") as handle:
-                yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
+            # The run folder is rank zero's: the other ranks of a distributed run would each
+            # pick a version of their own, and Lightning sends them rank zero's folder
+            # (trainer.log_dir, the checkpoint folder) once the processes are connected.
+            if launched_as_rank_zero():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                # "x": a run never overwrites another run's files.
+                with open(run_dir / "config.yaml", "x") as handle:
+                    yaml.safe_dump(self.config.to_dict(), handle, sort_keys=False)
         except BaseException:
             if self.eval_runner is not None:
                 self.eval_runner.cancel()  # the run stops before it starts: so does its evaluation process

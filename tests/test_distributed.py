@@ -1,0 +1,69 @@
+"""Distributed runs: one run folder, one writer, one console, whatever the world size."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brain_gen.cli import main
+from brain_gen.config.loading import load_config
+from brain_gen.dataset.splitter import DataSplitter
+from brain_gen.distributed import launched_as_rank_zero
+from tests.conftest import scalars, tiny_config, write_config
+
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+
+
+@pytest.fixture
+def single_process(monkeypatch):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("variable", RANK_VARIABLES)
+def test_any_launchers_rank_variable_marks_a_process_other_than_rank_zero(monkeypatch, single_process, variable):
+    assert launched_as_rank_zero()
+    monkeypatch.setenv(variable, "0")
+    assert launched_as_rank_zero()
+    monkeypatch.setenv(variable, "1")
+    assert not launched_as_rank_zero()
+
+
+def test_only_rank_zero_writes_the_split_cache_and_every_rank_splits_alike(tmp_path, tiny_dataset, monkeypatch, single_process):
+    config = load_config(tiny_config(tmp_path / "runs", tiny_dataset)).datasplitter
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    other_rank = DataSplitter(config, cache_dir=tmp_path / "cache").split()
+    assert not (tmp_path / "cache").exists()
+    monkeypatch.delenv("LOCAL_RANK")
+    rank_zero = DataSplitter(config, cache_dir=tmp_path / "cache").split()
+    assert len(list((tmp_path / "cache").glob("sessions-*.json"))) == 1
+    assert {name: split.sessions for name, split in other_rank.items()} == {name: split.sessions for name, split in rank_zero.items()}
+
+
+def test_other_ranks_print_errors_only(tmp_path, tiny_dataset, monkeypatch, capsys, single_process):
+    path = write_config(tmp_path, tiny_config(tmp_path / "runs", tiny_dataset))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().out == ""
+    bad = write_config(tmp_path, tiny_config(tmp_path / "runs", tiny_dataset, model_name="ChanelGPT"))
+    assert main(["validate", str(bad)]) == 2
+    assert "model_name: unknown name 'ChanelGPT'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_ddp_run_has_one_folder_one_set_of_checkpoints_and_one_console(tmp_path, tiny_dataset):
+    trainer = {"max_epochs": 1, "strategy": "ddp", "devices": 2, "accelerator": "cpu", "limit_train_batches": 2, "limit_val_batches": 1}
+    path = write_config(tmp_path, tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer))
+    command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted((tmp_path / "runs" / "logs").iterdir())
+    assert [run.name for run in runs] == ["version_0"]
+    assert sorted(path.name.split("-epoch")[0] for path in (runs[0] / "checkpoints").iterdir()) == ["best-checkpoint", "last-checkpoint"]
+    assert (runs[0] / "config.yaml").is_file() and "val/loss" in scalars(runs[0])
+    # Rank one's status lines and summary would repeat rank zero's.
+    assert result.stdout.count("logs and checkpoints:") == 1 and result.stdout.count("training with batch_size") == 1
+    assert result.stdout.count("Initializing distributed") == 1
