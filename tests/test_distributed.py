@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,20 @@ def test_a_ddp_run_has_one_folder_one_set_of_checkpoints_and_one_console(tmp_pat
     # Rank one's status lines and summary would repeat rank zero's.
     assert result.stdout.count("logs and checkpoints:") == 1 and result.stdout.count("training with batch_size") == 1
     assert result.stdout.count("Initializing distributed") == 1
+
+
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_on_rank_zero_stops_every_rank_with_the_same_message(tmp_path, tiny_dataset):
+    trainer = {
+        "max_epochs": 4, "strategy": "ddp", "devices": 2, "accelerator": "cpu", "limit_train_batches": 2, "limit_val_batches": 1,
+        "callbacks": [{"class_path": "tests.user_classes:FullDiskCheckpoints"}],
+    }
+    path = write_config(tmp_path, tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer))
+    command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(path)]
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    # Without the shared decision, rank one would wait at its next all-reduce until the timeout.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode != 0
+    message = "writing a checkpoint failed: [Errno 28] No space left on device (test)"
+    assert result.stderr.count(f"CheckpointWriteError: {message}") == 2, result.stderr[-3000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
@@ -57,3 +58,17 @@ class NoForecastGPT(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return self.inner(codes)
+
+
+class FullDiskWriter:
+    """A checkpoint writer that fails as a full disk would."""
+
+    def write(self, state, path):
+        raise OSError(28, "No space left on device (test)")
+
+
+class FullDiskCheckpoints(pl.Callback):
+    """Makes every checkpoint write of the run fail, as on a full disk."""
+
+    def setup(self, trainer, pl_module, stage):
+        trainer.strategy.checkpoint_io.writer = FullDiskWriter()

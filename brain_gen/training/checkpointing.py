@@ -159,7 +159,8 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
         if not self.background:
             self._write_and_notify(checkpoint, path)
             return
-        self.raise_failed_write()
+        # An earlier failed write is reported by CheckpointWriteMonitor (before each batch and
+        # each save), which alone knows when every rank of a distributed run can hear of it.
         step = checkpoint.get("global_step")
         if step is None or step != self._queued_step:
             waited = self.finish_writes()
@@ -216,14 +217,18 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
             future.exception()  # waits; failures are reported by raise_failed_write
         return time.perf_counter() - start
 
-    def raise_failed_write(self) -> None:
-        """Raise the error of a finished write that failed, as CheckpointWriteError; forget finished writes."""
+    def take_failed_write(self) -> BaseException | None:
+        """The error of a finished write that failed, if any; finished writes are forgotten."""
         finished = [future for future in self._writes if future.done()]
         self._writes = [future for future in self._writes if not future.done()]
-        for future in finished:
-            error = future.exception()
-            if error is not None:
-                raise CheckpointWriteError(f"writing a checkpoint failed: {error}") from error
+        errors = [future.exception() for future in finished]
+        return next((error for error in errors if error is not None), None)
+
+    def raise_failed_write(self) -> None:
+        """Raise the error of a finished write that failed, as CheckpointWriteError; forget finished writes."""
+        error = self.take_failed_write()
+        if error is not None:
+            raise CheckpointWriteError(failure_message(error)) from error
 
     def take_waits(self) -> list[tuple[int | None, float]]:
         """The (global step, seconds) of saves that waited for the previous write since the last call."""
@@ -266,6 +271,10 @@ def _lower_priority() -> None:
         pass  # not Linux, or not allowed: keep the default priority
 
 
+def failure_message(error: BaseException) -> str:
+    return f"writing a checkpoint failed: {error}"
+
+
 class CheckpointWriteMonitor(pl.Callback):
     """The training thread's side of a BackgroundCheckpointIO.
 
@@ -288,30 +297,49 @@ class CheckpointWriteMonitor(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._report(trainer)
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before the epoch's checkpoint saves: Lightning runs ModelCheckpoints after other callbacks.
+        self._report(trainer, every_rank_here=True)
+
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._report(trainer)
+        self._report(trainer, every_rank_here=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish_writes("training ended")
-        self._report(trainer)
+        self._report(trainer, every_rank_here=True)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._finish_writes("training stopped")
-        try:
-            self._report(trainer)
-        except CheckpointWriteError as error:
-            log.error("%s", error)
+        # Not a point every rank reaches: no agreement, only rank zero's own account.
+        error = self.checkpoint_io.take_failed_write()
+        if error is not None:
+            log.error("%s", failure_message(error))
 
     def _finish_writes(self, moment: str) -> None:
         waited = self.checkpoint_io.finish_writes()
         if waited > 0:
             log.info("checkpoint: %s; waited %.0f ms for the last write to finish", moment, waited * 1000)
 
-    def _report(self, trainer: pl.Trainer) -> None:
+    def _report(self, trainer: pl.Trainer, every_rank_here: bool = False) -> None:
+        """Log waits, and raise a failed write.
+
+        With one process the failure is raised at once. With several, only rank zero
+        writes, and a rank that stopped alone would leave the others waiting forever at
+        the next collective: so the failure is shared at hooks every rank reaches at the
+        same point (``every_rank_here``), and every rank raises the same error there.
+        """
         for step, seconds in self.checkpoint_io.take_waits():
             for logger in trainer.loggers:
                 logger.log_metrics({"checkpoint/blocked_ms": seconds * 1000}, step=step)
-        self.checkpoint_io.raise_failed_write()
+        if trainer.world_size == 1:
+            self.checkpoint_io.raise_failed_write()
+            return
+        if not every_rank_here:
+            return
+        error = self.checkpoint_io.take_failed_write()
+        message = trainer.strategy.broadcast(failure_message(error) if error is not None else None, src=0)
+        if message is not None:
+            raise CheckpointWriteError(message) from error
 
 
 class FinalCheckpoint(pl.Callback):
