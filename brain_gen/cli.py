@@ -14,10 +14,12 @@ import yaml
 
 from brain_gen.config.errors import BrainGenError, ConfigError
 from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS
-from brain_gen.distributed import launched_as_rank_zero
+from brain_gen.distributed import TrainingPreempted, launched_as_rank_zero
 from brain_gen.eval.process import start_early, stop_worker
 
 EXIT_BAD_INPUT = 2
+# A run stopped by SIGTERM (preempted) after saving its last-checkpoint: 128 + 15, as if killed by it.
+EXIT_PREEMPTED = 143
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -333,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         with console_logging(quiet=not launched_as_rank_zero()), _prints_unless_rank_zero():
             try:
                 exit_code = COMMANDS[args.command](args)
+            except TrainingPreempted as exc:
+                print(f"brain-gen: {exc}", file=sys.stderr)
+                return EXIT_PREEMPTED
             except BrainGenError as exc:
                 if args.debug:
                     raise

@@ -3,6 +3,8 @@
 Known before anything starts (no process group is needed), so that work done once
 per run (the run folder's files, the console lines, the evaluation process, the
 split cache) can be left to global rank zero from the first line of a command.
+Also the exception of a run that a cluster preempted (SIGTERM), which the command line
+turns into its exit status without importing the training code first.
 """
 
 from __future__ import annotations
@@ -17,3 +19,11 @@ RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
 def launched_as_rank_zero() -> bool:
     """Whether no launcher's rank variable says this process is not global rank zero."""
     return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
+
+
+class TrainingPreempted(Exception):
+    """Training stopped on SIGTERM (a cluster preempting the job), after writing a last-checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"preempted (SIGTERM) at step {step}; a last-checkpoint was written: continue with resume_from: last")

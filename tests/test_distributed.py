@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from brain_gen.cli import main
 from brain_gen.config.loading import load_config
@@ -85,3 +88,53 @@ def test_a_failed_checkpoint_write_on_rank_zero_stops_every_rank_with_the_same_m
     assert result.returncode != 0
     message = "writing a checkpoint failed: [Errno 28] No space left on device (test)"
     assert result.stderr.count(f"CheckpointWriteError: {message}") == 2, result.stderr[-3000:]
+
+
+def _train_until_sigterm(tmp_path: Path, config: dict, environment: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
+    """Start `brain-gen train`, send SIGTERM once training runs, and wait for the command to end."""
+    path = write_config(tmp_path, config)
+    command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    for line in process.stdout:
+        if "training with batch_size" in line:
+            break
+    time.sleep(1.0)  # some steps in
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(command, process.returncode, out, err), str(path)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_after_the_step_with_a_last_checkpoint_and_the_run_resumes(tmp_path, tiny_dataset):
+    trainer = {"max_epochs": 1000, "limit_train_batches": None, "limit_val_batches": 1}
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer)
+    result, _ = _train_until_sigterm(tmp_path, config)
+    assert result.returncode == 143, result.stderr[-2000:]
+    stopped = [line for line in result.stderr.splitlines() if "preempted (SIGTERM) at step" in line]
+    assert len(stopped) == 1
+    step = int(stopped[0].split("at step ")[1].split(";")[0])
+    last = list((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-checkpoint*.ckpt"))
+    assert len(last) == 1
+    state = torch.load(last[0], map_location="cpu", weights_only=False)
+    assert state["global_step"] == step > 0
+    # The job is started again: it continues from that checkpoint and finishes.
+    epochs_done = state["epoch"] + 1
+    resumed = write_config(tmp_path, {**config, "resume_from": "last", "trainer": {**trainer, "max_epochs": epochs_done + 1}})
+    finished = subprocess.run([str(Path(sys.executable).with_name("brain-gen")), "train", str(resumed)], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    final = list((tmp_path / "runs" / "logs" / "version_1" / "checkpoints").glob("last-checkpoint*.ckpt"))
+    assert torch.load(final[0], map_location="cpu", weights_only=False)["global_step"] > step
+
+
+@pytest.mark.slow
+def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_with_one_last_checkpoint(tmp_path, tiny_dataset):
+    trainer = {"max_epochs": 1000, "strategy": "ddp", "devices": 2, "accelerator": "cpu", "limit_train_batches": None, "limit_val_batches": 1}
+    result, _ = _train_until_sigterm(tmp_path, tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer))
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert [run.name for run in (tmp_path / "runs" / "logs").iterdir()] == ["version_0"]
+    last = list((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-checkpoint*.ckpt"))
+    assert len(last) == 1
+    step = torch.load(last[0], map_location="cpu", weights_only=False)["global_step"]
+    # Every rank stopped at the step the checkpoint holds: each says so, with the same step.
+    stopped = [line for line in result.stderr.splitlines() if "preempted (SIGTERM) at step" in line]
+    assert stopped and all(f"at step {step};" in line for line in stopped), result.stderr[-3000:]

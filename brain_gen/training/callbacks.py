@@ -165,3 +165,53 @@ class GracefulInterrupt(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
+
+
+class Preemption(pl.Callback):
+    """SIGTERM, a cluster's notice before it kills a job: stop after the current step.
+
+    Every rank finishes the step it is in; after each step the ranks agree (one small
+    all-reduce under DDP) whether any of them got the signal, so all stop after the
+    same step, however the signal reached them (SLURM and torchrun signal every rank,
+    Lightning's own launcher only the first). Training then ends through the normal
+    path, so FinalCheckpoint writes a last-checkpoint, and ExperimentDL.train raises
+    TrainingPreempted; the command exits with 143, as a process killed by SIGTERM would.
+
+    While training runs this replaces Lightning's SIGTERM handler, whose own stop
+    broadcasts from inside the signal handler and was seen to leave DDP ranks waiting.
+    """
+
+    def __init__(self):
+        self._previous_handler: Any = None
+        self.signalled = False  # this process got SIGTERM
+        self.requested = False  # the ranks agreed to stop: training ended on SIGTERM
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signalled = self.requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        self._previous_handler = signal.getsignal(signal.SIGTERM)
+
+        def stop_after_this_step(signum, frame):
+            if not self.signalled:
+                log.warning("SIGTERM: stopping after this step and saving a last-checkpoint")
+            self.signalled = True
+
+        signal.signal(signal.SIGTERM, stop_after_this_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        stop = self.signalled if trainer.world_size == 1 else trainer.strategy.reduce_boolean_decision(self.signalled, all=False)
+        if stop:
+            self.requested = True
+            trainer.should_stop = True
+
+    def _restore(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()

@@ -29,12 +29,12 @@ from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
 from brain_gen.eval.evaluation import check_evaluation_fits
 from brain_gen.eval.reports import TestReport
-from brain_gen.distributed import launched_as_rank_zero
+from brain_gen.distributed import TrainingPreempted, launched_as_rank_zero
 from brain_gen.eval.process import WorkerProcess
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
-from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
+from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, Preemption, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import newest_complete_checkpoint, run_checkpoints
 from brain_gen.training.checks import class_problems, data_fit_problems, model_problems, setup_problems, trainer_setup_problems, writable_folder_problems
 from brain_gen.training.lightning import LitModel
@@ -329,6 +329,10 @@ class ExperimentDL:
             # Added only now, so that the validation pass above does not search too.
             self._add_batch_size_finder(trainer)
             trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
+            preemption = next(callback for callback in trainer.callbacks if isinstance(callback, Preemption))
+            if preemption.requested:
+                # A preempted run must not look finished to a job scheduler, nor to a script.
+                raise TrainingPreempted(trainer.global_step)
             if self.eval_runner is not None:
                 self.eval_runner.finish()
         except MisconfigurationException as exc:
@@ -445,7 +449,7 @@ def run_callbacks(
     stopping = early_stopping(trainer_config.early_stopping)
     if stopping is not None:
         callbacks.append(stopping)
-    callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt()])
+    callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt(), Preemption()])
     if test_dataset is not None:
         callbacks.append(TestReport(test_dataset))
     return callbacks + list(user), checkpoint_io
