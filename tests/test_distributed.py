@@ -138,3 +138,30 @@ def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_with_one_last_check
     # Every rank stopped at the step the checkpoint holds: each says so, with the same step.
     stopped = [line for line in result.stderr.splitlines() if "preempted (SIGTERM) at step" in line]
     assert stopped and all(f"at step {step};" in line for line in stopped), result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_train_on_disjoint_shards_that_cover_the_training_windows_and_resume_together(tmp_path, tiny_dataset):
+    record = tmp_path / "seen"
+    record.mkdir()
+    trainer = {"max_epochs": 1, "strategy": "ddp", "devices": 2, "accelerator": "cpu", "limit_train_batches": None, "limit_val_batches": 1}
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer)
+    config["datasplitter"] = {**config["datasplitter"], "dataset_class": "tests.user_classes:RecordingChunkDataset", "dataset_kwargs": {"record_dir": str(record), "max_val": 4.0}}
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    brain_gen = str(Path(sys.executable).with_name("brain-gen"))
+    result = subprocess.run([brain_gen, "train", str(write_config(tmp_path, config))], capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The training split is the largest; the trial step before training reads windows 0 and 1 on each rank.
+    windows = max(int(path.name.split("-")[0]) for path in record.iterdir())
+    seen = {rank: [int(line) for line in (record / f"{windows}-rank{rank}.txt").read_text().split()][2:] for rank in (0, 1)}
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(windows))
+    # Resumed, both ranks continue from the checkpoint's step.
+    first = torch.load(next((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-*.ckpt")), map_location="cpu", weights_only=False)
+    resumed = {**config, "resume_from": "last", "trainer": {**trainer, "max_epochs": 2}}
+    result = subprocess.run([brain_gen, "train", str(write_config(tmp_path, resumed))], capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(run.name for run in (tmp_path / "runs" / "logs").iterdir()) == ["version_0", "version_1"]
+    second = torch.load(next((tmp_path / "runs" / "logs" / "version_1" / "checkpoints").glob("last-*.ckpt")), map_location="cpu", weights_only=False)
+    assert second["global_step"] == 2 * first["global_step"]

@@ -6,6 +6,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from brain_gen.dataset.datasets import ChunkDataset
+
 
 class LastValueModel(nn.Module):
     """Predicts the next value as a learned scale of the current one, per channel."""
@@ -72,3 +74,21 @@ class FullDiskCheckpoints(pl.Callback):
 
     def setup(self, trainer, pl_module, stage):
         trainer.strategy.checkpoint_io.writer = FullDiskWriter()
+
+
+class RecordingChunkDataset(ChunkDataset):
+    """ChunkDataset that appends each index it serves to ``<record_dir>/<samples>-rank<R>.txt``,
+    so that a test can see which windows each process of a distributed run trained on."""
+
+    def __init__(self, split, record_dir: str, **kwargs):
+        super().__init__(split, **kwargs)
+        self.record_dir = record_dir
+
+    def __getitem__(self, index: int):
+        import os
+        from pathlib import Path
+
+        rank = os.environ.get("LOCAL_RANK", "0")
+        with open(Path(self.record_dir) / f"{len(self)}-rank{rank}.txt", "a") as handle:
+            handle.write(f"{index}\n")
+        return super().__getitem__(index)
