@@ -27,9 +27,9 @@ from brain_gen.dataset.loaders import BUILTIN_LOADERS, loader_extras
 from brain_gen.dataset.mixup import MixupDataLoader
 from brain_gen.dataset.text import TextDataLoader, train_text_tokenizer
 from brain_gen.dataset.splitter import SPLIT_NAMES, DataSplitter, Split
+from brain_gen.distributed import TrainingPreempted, launched_as_rank_zero
 from brain_gen.eval.evaluation import check_evaluation_fits
 from brain_gen.eval.reports import TestReport
-from brain_gen.distributed import TrainingPreempted, launched_as_rank_zero
 from brain_gen.eval.process import WorkerProcess
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
@@ -59,9 +59,12 @@ class ExperimentDL:
         overrides: ``a.b.c=VALUE`` strings applied on top of the file.
         eval_process: an evaluation process already started for this config
             (``brain_gen.eval.process.start_early``); without one, fitting starts its own.
+        check_trainer: False for work that only reads the data (training a tokenizer):
+            the Trainer settings are then checked when a run starts, not here.
 
     The config is fully validated here, before any data is read. Data and model
-    are built on first use.
+    are built on first use. ``train()`` raises ``TrainingPreempted`` when SIGTERM
+    stopped it (after writing a last-checkpoint).
     """
 
     def __init__(
