@@ -127,37 +127,23 @@ class LogBatchSize(pl.Callback):
         log.info("training with batch_size=%d", size)
 
 
-class GracefulInterrupt(pl.Callback):
-    """The first Ctrl-C finishes the current batch and ends training as if it were done.
+class _SignalWhileTraining(pl.Callback):
+    """Handles one signal with ``handle`` while training runs, then puts the previous handler back."""
 
-    Training then ends through the normal path, so the final last-checkpoint holds a
-    consistent state (a KeyboardInterrupt could land in the middle of an optimizer
-    step). A second Ctrl-C interrupts at once, as Lightning normally does.
-    """
+    signum: signal.Signals
 
     def __init__(self):
         self._previous_handler: Any = None
-        self.stopping = False  # a first Ctrl-C came: the next one interrupts at once
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.stopping = False
+    def _install(self, handle) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
-        self._previous_handler = signal.getsignal(signal.SIGINT)
-
-        def stop_after_this_batch(signum, frame):
-            if self.stopping:
-                self._restore()
-                raise KeyboardInterrupt
-            self.stopping = True
-            trainer.should_stop = True
-            log.warning("Ctrl-C: stopping after this batch and saving a last-checkpoint; press Ctrl-C again to stop at once")
-
-        signal.signal(signal.SIGINT, stop_after_this_batch)
+        self._previous_handler = signal.getsignal(self.signum)
+        signal.signal(self.signum, handle)
 
     def _restore(self) -> None:
         if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
+            signal.signal(self.signum, self._previous_handler)
             self._previous_handler = None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -167,7 +153,35 @@ class GracefulInterrupt(pl.Callback):
         self._restore()
 
 
-class Preemption(pl.Callback):
+class GracefulInterrupt(_SignalWhileTraining):
+    """The first Ctrl-C finishes the current batch and ends training as if it were done.
+
+    Training then ends through the normal path, so the final last-checkpoint holds a
+    consistent state (a KeyboardInterrupt could land in the middle of an optimizer
+    step). A second Ctrl-C interrupts at once, as Lightning normally does.
+    """
+
+    signum = signal.SIGINT
+
+    def __init__(self):
+        super().__init__()
+        self.stopping = False  # a first Ctrl-C came: the next one interrupts at once
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stopping = False
+
+        def stop_after_this_batch(signum, frame):
+            if self.stopping:
+                self._restore()
+                raise KeyboardInterrupt
+            self.stopping = True
+            trainer.should_stop = True
+            log.warning("Ctrl-C: stopping after this batch and saving a last-checkpoint; press Ctrl-C again to stop at once")
+
+        self._install(stop_after_this_batch)
+
+
+class Preemption(_SignalWhileTraining):
     """SIGTERM, a cluster's notice before it kills a job: stop after the current step.
 
     Every rank finishes the step it is in; after each step the ranks agree (one small
@@ -181,37 +195,25 @@ class Preemption(pl.Callback):
     broadcasts from inside the signal handler and was seen to leave DDP ranks waiting.
     """
 
+    signum = signal.SIGTERM
+
     def __init__(self):
-        self._previous_handler: Any = None
+        super().__init__()
         self.signalled = False  # this process got SIGTERM
         self.requested = False  # the ranks agreed to stop: training ended on SIGTERM
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.signalled = self.requested = False
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        self._previous_handler = signal.getsignal(signal.SIGTERM)
 
         def stop_after_this_step(signum, frame):
             if not self.signalled:
                 log.warning("SIGTERM: stopping after this step and saving a last-checkpoint")
             self.signalled = True
 
-        signal.signal(signal.SIGTERM, stop_after_this_step)
+        self._install(stop_after_this_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         stop = self.signalled if trainer.world_size == 1 else trainer.strategy.reduce_boolean_decision(self.signalled, all=False)
         if stop:
             self.requested = True
             trainer.should_stop = True
-
-    def _restore(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore()
