@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,3 +166,49 @@ def test_ddp_ranks_train_on_disjoint_shards_that_cover_the_training_windows_and_
     assert sorted(run.name for run in (tmp_path / "runs" / "logs").iterdir()) == ["version_0", "version_1"]
     second = torch.load(next((tmp_path / "runs" / "logs" / "version_1" / "checkpoints").glob("last-*.ckpt")), map_location="cpu", weights_only=False)
     assert second["global_step"] == 2 * first["global_step"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _torchrun_two_nodes(config_path: Path) -> list[subprocess.CompletedProcess]:
+    """Run `brain-gen train` as two one-process nodes over loopback, as two torchrun commands would on two hosts."""
+    bin_dir = Path(sys.executable).parent
+    port = _free_port()
+    environment = {name: value for name, value in os.environ.items() if name not in RANK_VARIABLES}
+    processes = [
+        subprocess.Popen(
+            [str(bin_dir / "torchrun"), "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+             "--master-addr", "127.0.0.1", "--master-port", str(port), str(bin_dir / "brain-gen"), "train", str(config_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        )
+        for node in (0, 1)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow
+def test_two_nodes_started_by_torchrun_make_one_run_and_resume(tmp_path, tiny_dataset):
+    trainer = {"max_epochs": 1, "strategy": "ddp", "num_nodes": 2, "devices": 1, "accelerator": "cpu", "limit_train_batches": 3, "limit_val_batches": 1}
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer)
+    results = _torchrun_two_nodes(write_config(tmp_path, config))
+    assert [result.returncode for result in results] == [0, 0], results[0].stderr[-2000:] + results[1].stderr[-2000:]
+    # Lightning read torchrun's environment: one run of two processes, reported by node zero alone.
+    assert "Starting with 2 processes" in results[0].stdout and results[1].stdout == ""
+    logs = tmp_path / "runs" / "logs"
+    assert [run.name for run in logs.iterdir()] == ["version_0"]
+    checkpoints = sorted(path.name for path in (logs / "version_0" / "checkpoints").iterdir())
+    assert checkpoints == ["best-checkpoint-epoch=0-step=3.ckpt", "last-checkpoint-epoch=0-step=3.ckpt"]
+    # Started again with resume_from: last, both nodes continue from step 3.
+    resumed = {**config, "resume_from": "last", "trainer": {**trainer, "max_epochs": 2}}
+    results = _torchrun_two_nodes(write_config(tmp_path, resumed))
+    assert [result.returncode for result in results] == [0, 0], results[0].stderr[-2000:] + results[1].stderr[-2000:]
+    assert sorted(run.name for run in logs.iterdir()) == ["version_0", "version_1"]
+    assert "last-checkpoint-epoch=1-step=6.ckpt" in [path.name for path in (logs / "version_1" / "checkpoints").iterdir()]
