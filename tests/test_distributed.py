@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import torch
 from brain_gen.cli import main
 from brain_gen.config.loading import load_config
 from brain_gen.dataset.splitter import DataSplitter
+from brain_gen.demo import make_evoked_dataset
 from brain_gen.distributed import launched_as_rank_zero
 from tests.conftest import scalars, tiny_config, write_config
 
@@ -212,3 +214,32 @@ def test_two_nodes_started_by_torchrun_make_one_run_and_resume(tmp_path, tiny_da
     assert [result.returncode for result in results] == [0, 0], results[0].stderr[-2000:] + results[1].stderr[-2000:]
     assert sorted(run.name for run in logs.iterdir()) == ["version_0", "version_1"]
     assert "last-checkpoint-epoch=1-step=6.ckpt" in [path.name for path in (logs / "version_1" / "checkpoints").iterdir()]
+
+
+@pytest.mark.slow
+def test_the_ddp_test_report_covers_every_test_event_once_as_one_process_does(tmp_path):
+    from tests.eval.test_decoding import classification_config
+
+    data = make_evoked_dataset(tmp_path / "evoked", n_sessions=10, session_seconds=39.0, seed=4)
+    splits = {"split_strategy": "session", "test_ratio": 0.3}  # three sessions of 37 events: an odd count
+    config = classification_config(tmp_path, data, trainer={"max_epochs": 2}, dataloader={"batch_size": 16}, datasplitter=splits)
+    path = write_config(tmp_path, config)
+    assert main(["train", str(path)]) == 0
+    best = next((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("best-checkpoint*.ckpt"))
+    assert main(["test", str(path), "--set", f"resume_from={best}"]) == 0
+    ddp = ["--set", "trainer.strategy=ddp", "--set", "trainer.devices=2"]
+    result = subprocess.run([str(Path(sys.executable).with_name("brain-gen")), "test", str(path), "--set", f"resume_from={best}", *ddp],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = (tmp_path / "runs" / "logs" / "version_1"), (tmp_path / "runs" / "logs" / "version_2")
+    rows = {folder: (folder / "test_predictions.csv").read_text().splitlines() for folder in (one, two)}
+    # Same rows in the same (dataset) order: each event once, though the sampler repeated some to even the shares.
+    assert rows[one] == rows[two] and len(rows[one]) > 1
+    assert (two / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = {folder: json.loads((folder / "test_metrics.json").read_text()) for folder in (one, two)}
+    # Two equal shares of an odd count: Lightning's sampler tested one event twice.
+    assert metrics[one]["n_samples"] % 2 == 1
+    for name in ("accuracy", "f1", "n_samples", "confusion_matrix"):
+        assert metrics[one][name] == metrics[two][name], name
+    # test/loss is reduced over both processes (a mean over their batches, with the few repeated events).
+    assert metrics[two]["loss"] == pytest.approx(metrics[one]["loss"], rel=0.05)

@@ -4,8 +4,12 @@
   macro F1 recomputed over the whole test split (the logged ones are batch means).
 - For classifiers (datasets with ``classes``): ``confusion_matrix.png`` labelled with
   the class names, and ``test_predictions.csv`` with one row per event: session,
-  onset, true label, predicted label and every class probability. These two need a
-  single-device test run (with several processes only test_metrics.json is written).
+  onset, true label, predicted label and every class probability.
+
+Under a distributed strategy each process tests a share of the split (Lightning's
+distributed sampler, which repeats a few events so that the shares are equal). The
+predictions are gathered with their dataset indices, so the report covers every
+tested event exactly once, in dataset order, whatever the world size.
 """
 
 from __future__ import annotations
@@ -24,23 +28,46 @@ log = logging.getLogger(__name__)
 
 
 class TestReport(pl.Callback):
-    """Collects test predictions and writes the report files at the end of testing (rank zero only)."""
+    """Collects test predictions with their dataset indices and writes the report files at the end of testing."""
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
         self.classes: list[str] | None = getattr(dataset, "classes", None)
+        self._batch_indices: list[list[int]] = []
+        self._indices: list[torch.Tensor] = []
         self._probabilities: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._probabilities, self._targets = [], []
+        self._indices, self._probabilities, self._targets = [], [], []
+        # The dataset indices of each batch this process will test: its batch sampler (with
+        # Lightning's distributed sampler inside under DDP) does not shuffle the test split,
+        # so iterating it once more gives the order the batches come in.
+        loader = trainer.test_dataloaders
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        self._batch_indices = [list(batch) for batch in batch_sampler] if batch_sampler is not None else []
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.classes is None or trainer.world_size > 1:
+        if self.classes is None or batch_idx >= len(self._batch_indices):
             return
         logits = outputs["outputs"]  # what LitModel.test_step returns
+        self._indices.append(torch.as_tensor(self._batch_indices[batch_idx][: len(logits)]))
         self._probabilities.append(torch.softmax(logits.float(), dim=-1).cpu())
         self._targets.append(batch[1].cpu())
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.classes is None or trainer.world_size == 1:
+            return
+        # Every process takes part; rank zero keeps the union of the shares.
+        share = (self._cat(self._indices), self._cat(self._probabilities), self._cat(self._targets))
+        shares: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(shares, share)
+        self._indices, self._probabilities, self._targets = (list(parts) for parts in zip(*shares))
+
+    @staticmethod
+    def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts) if parts else torch.empty(0)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.logger is None:
@@ -48,20 +75,26 @@ class TestReport(pl.Callback):
         folder = Path(trainer.logger.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         metrics = {name.removeprefix("test/"): float(value) for name, value in trainer.callback_metrics.items() if name.startswith("test/")}
-        if self.classes is not None and trainer.world_size > 1:
-            # Each process saw a strided share of the split; matching rows back to events
-            # would need every share gathered with its dataset indices.
-            log.warning("test report: confusion_matrix.png and test_predictions.csv need a single-device test run; "
+        parts = [part for part in zip(self._indices, self._probabilities, self._targets) if len(part[0])]
+        if self.classes is not None and parts:
+            indices, probabilities, targets = (torch.cat(column) for column in zip(*parts))
+            # One row per event, in dataset order: the events the distributed sampler repeated are dropped.
+            order = torch.argsort(indices, stable=True)
+            first = torch.ones(len(order), dtype=torch.bool)
+            first[1:] = indices[order][1:] != indices[order][:-1]
+            keep = order[first]
+            metrics.update(self._write_classification(folder, indices[keep], probabilities[keep], targets[keep]))
+        elif self.classes is not None:
+            log.warning("test report: the test loader has no batch sampler to say which events were tested; "
                         "test_metrics.json holds the logged test/* values only")
-        elif self.classes is not None and self._targets:
-            probabilities, targets = torch.cat(self._probabilities), torch.cat(self._targets)
-            metrics.update(self._write_classification(folder, probabilities, targets))
         (folder / "test_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
-    def _write_classification(self, folder: Path, probabilities: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    def _write_classification(self, folder: Path, indices: torch.Tensor, probabilities: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         n_classes = len(self.classes)
         predicted = probabilities.argmax(dim=-1)
-        confusion = MulticlassConfusionMatrix(num_classes=n_classes)
+        # Rank zero alone computes these, over predictions already gathered from every process.
+        local = {"num_classes": n_classes, "sync_on_compute": False}
+        confusion = MulticlassConfusionMatrix(**local)
         confusion.update(predicted, targets)
         figure, axes = confusion.plot(labels=self.classes)
         axes.set_title(f"test split, {len(targets)} events")
@@ -72,13 +105,13 @@ class TestReport(pl.Callback):
         with (folder / "test_predictions.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["session", "onset", "true_label", "predicted_label", *(f"p_{name}" for name in self.classes)])
-            for index in range(len(targets)):
+            for row, index in enumerate(indices.tolist()):
                 session, onset, true_label = self.dataset.describe(index)
-                writer.writerow([session, f"{onset:.6f}", true_label, self.classes[int(predicted[index])],
-                                 *(f"{float(p):.6f}" for p in probabilities[index])])
+                writer.writerow([session, f"{onset:.6f}", true_label, self.classes[int(predicted[row])],
+                                 *(f"{float(p):.6f}" for p in probabilities[row])])
         return {
-            "accuracy": float(MulticlassAccuracy(num_classes=n_classes, average="micro")(predicted, targets)),
-            "f1": float(MulticlassF1Score(num_classes=n_classes, average="macro")(predicted, targets)),
+            "accuracy": float(MulticlassAccuracy(average="micro", **local)(predicted, targets)),
+            "f1": float(MulticlassF1Score(average="macro", **local)(predicted, targets)),
             "n_samples": int(len(targets)),
             "classes": list(self.classes),
             "confusion_matrix": confusion.compute().tolist(),
