@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
@@ -95,20 +96,45 @@ def one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
 class MixupCollate:
     """The collate function of MixupDataLoader (a class, so worker processes can pickle it)."""
 
-    def __init__(self, options: MixupOptions | None = None, mix: bool = True, **keywords: Any):
-        """``options``, or its keys as keywords (``mixup_alpha=0.4``); defaults are MixupOptions'."""
+    def __init__(self, options: MixupOptions | None = None, mix: bool = True, seed: int | None = None, rank: int | None = None, **keywords: Any):
+        """``options``, or its keys as keywords (``mixup_alpha=0.4``); defaults are MixupOptions'.
+
+        The draws (whether to mix, lam, the pairs) come from a stream of this collate's
+        own, made from ``seed`` (default: torch's seed in force when the collate is made,
+        which ``seed_everything`` sets), the process's global rank (default: read from
+        torch.distributed when a process group is up) and the loader worker. So the ranks
+        of a distributed run and the workers of a loader each mix differently, and a
+        seeded run mixes the same way every time.
+        """
         self.options = MixupOptions.take(options, keywords)
         if keywords:
             raise TypeError(f"MixupCollate got unknown arguments: {', '.join(keywords)}")
         self.mix = mix
+        self.seed = torch.initial_seed() if seed is None else seed
+        if rank is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if distributed else 0
+        self.rank = rank
+        self._stream: tuple[Any, np.random.Generator] | None = None
         self._checked = False
+
+    def random(self) -> np.random.Generator:
+        """The random stream of this rank, in this process (the loader's own, or one of its workers)."""
+        worker = get_worker_info()
+        # A worker's seed is drawn afresh for every epoch's workers (unless they persist), from
+        # the loader's random state, so each epoch's workers mix differently and reproducibly.
+        owner = (worker.id, worker.seed) if worker is not None else None
+        if self._stream is None or self._stream[0] != owner:
+            entropy = [self.seed, self.rank] + ([worker.seed] if worker is not None else [])
+            self._stream = (owner, np.random.default_rng(entropy))
+        return self._stream[1]
 
     def draw_weight(self) -> float | None:
         """This batch's lam, or None when the batch is not mixed."""
         alpha = self.options.mixup_alpha
-        if not self.mix or alpha <= 0 or torch.rand(()).item() >= self.options.mixup_prob:
+        if not self.mix or alpha <= 0 or self.random().random() >= self.options.mixup_prob:
             return None
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        lam = float(self.random().beta(alpha, alpha))
         return max(lam, 1.0 - lam)
 
     def __call__(self, batch: list[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor]:
@@ -122,7 +148,7 @@ class MixupCollate:
         integer_targets = not targets[0].is_floating_point()
         num_classes = self.options.num_classes
         lam = self.draw_weight()
-        order = torch.randperm(len(batch)).tolist()
+        order = self.random().permutation(len(batch)).tolist()
         pairs = [(order[k], order[k + 1]) for k in range(0, len(order) - 1, 2)]
         if len(order) % 2:
             pairs.append((order[-1], order[-1]))

@@ -115,6 +115,53 @@ def test_large_mixed_batches_hold_their_values_in_and_out_of_workers(num_workers
     assert any(not torch.equal(inputs[:, 0, 0], torch.arange(8.0)) for inputs, _ in batches)
 
 
+def mixed_values(collate: MixupCollate, batches: int = 5) -> list[list[float]]:
+    return [collate(constant_samples())[0][:, 0, 0].tolist() for _ in range(batches)]
+
+
+def test_mixup_draws_are_the_same_for_a_seed_and_rank_and_differ_between_ranks():
+    first = mixed_values(MixupCollate(mixup_alpha=0.4, seed=7, rank=0))
+    assert mixed_values(MixupCollate(mixup_alpha=0.4, seed=7, rank=0)) == first
+    assert mixed_values(MixupCollate(mixup_alpha=0.4, seed=7, rank=1)) != first
+    assert mixed_values(MixupCollate(mixup_alpha=0.4, seed=8, rank=0)) != first
+    # By default the seed is torch's, which seed_everything sets.
+    torch.manual_seed(7)
+    assert mixed_values(MixupCollate(mixup_alpha=0.4, rank=0)) == first
+
+
+def test_loader_workers_mix_differently_and_a_seeded_loader_mixes_the_same_way_again():
+    samples = constant_samples(n=12)
+
+    def epoch() -> list[list[float]]:
+        loader = MixupDataLoader(samples, batch_size=6, mixup_alpha=0.4, num_workers=2)
+        return [inputs[:, 0, 0].tolist() for inputs, _ in loader]
+
+    torch.manual_seed(3)
+    first = epoch()
+    torch.manual_seed(3)
+    assert epoch() == first
+    # The two workers made one batch each, from the same six values: their blends differ.
+    assert sorted(first[0]) != sorted(first[1])
+
+
+def _mixup_draws_of_rank(rank: int, folder: str) -> None:
+    """One process of a two-process gloo group: its MixUp collate reads its rank and records its blends."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/group", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(11)  # the same seed on both ranks, as seed_everything gives
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(mixed_values(MixupCollate(mixup_alpha=0.4))))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_rank_of_a_process_group_mixes_differently_from_the_same_seed(tmp_path):
+    torch.multiprocessing.start_processes(_mixup_draws_of_rank, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    draws = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert draws[0] != draws[1]
+    assert draws[0] == mixed_values(MixupCollate(mixup_alpha=0.4, seed=11, rank=0))
+    assert draws[1] == mixed_values(MixupCollate(mixup_alpha=0.4, seed=11, rank=1))
+
+
 def test_mix_pairs_and_stack_batch_match_their_closed_forms_on_large_tensors():
     samples = [torch.randn(128, 4096) for _ in range(4)]
     mixed = mix_pairs(samples, [(0, 3), (1, 2)], 0.7)
