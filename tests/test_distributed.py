@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from brain_gen.cli import main
 from brain_gen.config.loading import load_config
@@ -243,3 +245,45 @@ def test_the_ddp_test_report_covers_every_test_event_once_as_one_process_does(tm
         assert metrics[one][name] == metrics[two][name], name
     # test/loss is reduced over both processes (a mean over their batches, with the few repeated events).
     assert metrics[two]["loss"] == pytest.approx(metrics[one]["loss"], rel=0.05)
+
+
+def _brain_gen(config_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(config_path), *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_ddp_early_stopping_global_rates_reduced_validation_and_resume_overrides(tmp_path, tiny_dataset):
+    ddp = {"strategy": "ddp", "devices": 2, "accelerator": "cpu", "limit_train_batches": 6, "limit_val_batches": None}
+    stopping = {"monitor": "val/loss", "patience": 1, "min_delta": 100.0}
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={**ddp, "max_epochs": 6, "early_stopping": stopping})
+    path = write_config(tmp_path, config)
+    _brain_gen(path)
+    logs = tmp_path / "runs" / "logs"
+    first = logs / "version_0"
+    # Epoch 0 sets the best; epoch 1 misses it by the min_delta: both ranks stop after epoch 1, as one process would.
+    assert [path.name for path in (first / "checkpoints").glob("last-*")] == ["last-checkpoint-epoch=1-step=12.ckpt"]
+
+    # perf/samples_per_sec is global: the sum of both ranks' rates, so one step's rate times the time
+    # between two logged steps counts the windows of both ranks (2 x batch_size), not rank zero's.
+    accumulator = EventAccumulator(str(first), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    events = accumulator.Scalars("perf/samples_per_sec")
+    counted = [later.value * (later.wall_time - earlier.wall_time) / 8 for earlier, later in zip(events, events[1:]) if later.step == earlier.step + 1]
+    assert 1.5 < float(np.median(counted)) < 2.6, counted
+
+    # Resumed under DDP with a validation first and a new lr: the validation repeats the last one
+    # of the first run (same weights, same shards), and training continues at the new lr on both ranks.
+    last = next((first / "checkpoints").glob("last-*"))
+    resumed = {**config, "resume_from": str(last), "lightning": {**config["lightning"], "resume_lr": 1.0e-4}, "trainer": {**config["trainer"], "max_epochs": 3, "early_stopping": None, "validate_before_resume": True}}
+    _brain_gen(write_config(tmp_path, resumed))
+    second = scalars(logs / "version_1")
+    assert second["val/loss"][0][1] == pytest.approx(scalars(first)["val/loss"][-1][1], abs=1e-6)
+    assert [value for _, value in second["lr"]] == pytest.approx([1.0e-4] * len(second["lr"]))
+
+    # The same validation in one process, over the whole split: the reduced value of the two ranks.
+    alone = {**resumed, "trainer": {**resumed["trainer"], "strategy": "auto", "devices": 1, "max_epochs": 2}}
+    _brain_gen(write_config(tmp_path, alone))
+    assert scalars(logs / "version_2")["val/loss"][0][1] == pytest.approx(second["val/loss"][0][1], rel=0.01)
