@@ -366,7 +366,11 @@ class EarlyStoppingConfig(Section):
     log_rank_zero_only: bool | None = Field(default=None, description="Print stopping messages from rank zero only.")
 
 
-TRAINER_CUSTOM_KEYS = ("tune_batch_size", "early_stopping", "checkpoint_cadence_epochs", "validate_before_resume", "callbacks")
+TRAINER_CUSTOM_KEYS = ("tune_batch_size", "early_stopping", "checkpoint_cadence_epochs", "validate_before_resume", "callbacks", "fsdp_state_dict_type")
+
+# The names pytorch_lightning registers for its FSDPStrategy (kept here so that the
+# schema does not import Lightning; a test holds them equal).
+FSDP_STRATEGIES = ("fsdp", "fsdp_cpu_offload")
 
 
 class TrainerConfig(BaseModel):
@@ -384,6 +388,20 @@ class TrainerConfig(BaseModel):
     )
     validate_before_resume: bool = Field(default=False, description="Validate the restored weights before training resumes.")
     callbacks: list[Any] = Field(default_factory=list, description="Extra Lightning callbacks appended to the built-in ones.")
+    fsdp_state_dict_type: Literal["full", "sharded"] = Field(
+        default="full",
+        description="With strategy fsdp: checkpoints as one file with the whole model, gathered on rank zero (full), "
+        "or as a folder with one shard per process, written by all at once (sharded; resumable under FSDP only).",
+    )
+
+    @model_validator(mode="after")
+    def _fsdp_keys_need_fsdp(self) -> TrainerConfig:
+        # "full" is what every other strategy writes anyway (and what a saved config.yaml holds).
+        if self.fsdp_state_dict_type == "sharded" and self.lightning_kwargs.get("strategy") not in FSDP_STRATEGIES:
+            raise ValueError(
+                f"fsdp_state_dict_type: sharded is only used with strategy {' or '.join(FSDP_STRATEGIES)}; remove it or set trainer.strategy"
+            )
+        return self
 
     @field_validator("early_stopping", mode="before")
     @classmethod

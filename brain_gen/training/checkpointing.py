@@ -40,6 +40,7 @@ from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy, Stra
 
 from brain_gen.memory import empty_page_aligned
 from brain_gen.training.durable_write import DurableWriter
+from brain_gen.training.fsdp import is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -439,9 +440,9 @@ def newest_complete_checkpoint(save_dir: str | os.PathLike, prefix: str = "last-
     """The most recently written ``<prefix>*.ckpt`` anywhere under ``save_dir``, if any.
 
     Temporary files of unfinished writes never carry the final name, so every match
-    is a complete file.
+    is a complete file, or the complete folder of a sharded FSDP checkpoint.
     """
-    candidates = [path for path in Path(save_dir).rglob(f"{prefix}*.ckpt") if path.is_file()]
+    candidates = [path for path in Path(save_dir).rglob(f"{prefix}*.ckpt") if path.is_file() or is_sharded_checkpoint(path)]
     if not candidates:
         return None
     return max(candidates, key=lambda path: (path.stat().st_mtime_ns, str(path)))

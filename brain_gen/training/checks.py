@@ -31,6 +31,7 @@ from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.registry import check_arguments, resolve_class
 from brain_gen.config.schema import ExperimentConfig, LightningConfig, ResumeContextConfig
 from brain_gen.dataset.mixup import sample_problems
+from brain_gen.training.fsdp import SHARDED_METADATA_FILE, is_sharded_checkpoint
 from brain_gen.training.lightning import scheduler_classes
 
 try:  # Lightning >= 2.1 raises this for impossible Trainer settings (e.g. a missing GPU).
@@ -76,6 +77,11 @@ def trainer_setup_problems(config: ExperimentConfig) -> list[str]:
         problems.append(
             "eval_runner.enabled: evaluations read the last-checkpoints, but trainer.enable_checkpointing is false; "
             "enable one or the other"
+        )
+    if evaluates and checkpoints and config.trainer.fsdp_state_dict_type == "sharded":
+        problems.append(
+            "eval_runner.enabled: evaluations load whole checkpoints, and trainer.fsdp_state_dict_type: sharded writes "
+            "folders of shards; use fsdp_state_dict_type: full, or disable the eval runner"
         )
     plugins = kwargs.get("plugins")
     plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins]
@@ -150,8 +156,13 @@ def lr_schedule_problems(config: LightningConfig) -> list[str]:
     return []
 
 
-def checkpoint_file_problems(key: str, path: Path) -> list[str]:
-    """A cheap look at a checkpoint before training: it exists and is a torch.save zip archive."""
+def checkpoint_file_problems(key: str, path: Path, sharded: bool = True) -> list[str]:
+    """A cheap look at a checkpoint before training: it exists and is a torch.save zip archive,
+    or (where ``sharded`` allows it, for resuming) the folder of a sharded FSDP checkpoint."""
+    if is_sharded_checkpoint(path):
+        if sharded:
+            return checkpoint_file_problems(key, path / SHARDED_METADATA_FILE)
+        return [f"{key}: {path} is a sharded FSDP checkpoint, which only an FSDP run can load; save with trainer.fsdp_state_dict_type: full"]
     if not path.is_file():
         return [f"{key}: checkpoint not found: {path}"]
     try:

@@ -20,7 +20,7 @@ from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
 from brain_gen.config.loading import check_trainer_kwargs, load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.registry import instantiate, resolve_class
-from brain_gen.config.schema import ExperimentConfig
+from brain_gen.config.schema import FSDP_STRATEGIES, ExperimentConfig
 from brain_gen.dataset import DATASETS
 from brain_gen.dataset.datamodule import BrainDataModule
 from brain_gen.dataset.loaders import BUILTIN_LOADERS, loader_extras
@@ -37,6 +37,7 @@ from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, Preemption, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import newest_complete_checkpoint, run_checkpoints
 from brain_gen.training.checks import class_problems, data_fit_problems, model_problems, setup_problems, trainer_setup_problems, writable_folder_problems
+from brain_gen.training.fsdp import durable_fsdp_strategy
 from brain_gen.training.lightning import LitModel
 from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
 
@@ -225,6 +226,8 @@ class ExperimentDL:
         eval_runner = self.eval_runner if fitting else None
         callbacks, checkpoint_io = run_callbacks(self.config, self.user_callbacks, Path(logger.log_dir) if logger else None, self.has_validation, self.datasets.get("test"), eval_runner)
         kwargs = dict(self.config.trainer.lightning_kwargs)
+        if kwargs.get("strategy") in FSDP_STRATEGIES:
+            kwargs["strategy"] = durable_fsdp_strategy(kwargs["strategy"], self.config.trainer.fsdp_state_dict_type)
         # A user's own plugins (trainer.plugins) stay, next to the checkpoint writer.
         plugins = kwargs.pop("plugins", None)
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins] if plugins is not None else []
