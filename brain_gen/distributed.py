@@ -22,8 +22,10 @@ def launched_as_rank_zero() -> bool:
 
 
 class TrainingPreempted(Exception):
-    """Training stopped on SIGTERM (a cluster preempting the job), after writing a last-checkpoint."""
+    """Training stopped on a cluster's notice (SIGTERM, or SLURM's requeue signal), after writing a last-checkpoint."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, signal_name: str = "SIGTERM"):
         self.step = step
-        super().__init__(f"preempted (SIGTERM) at step {step}; a last-checkpoint was written: continue with resume_from: last")
+        self.signal_name = signal_name
+        requeued = "" if signal_name == "SIGTERM" else " and the job was handed to SLURM's auto-requeue"
+        super().__init__(f"preempted ({signal_name}) at step {step}; a last-checkpoint was written{requeued}: continue with resume_from: last")

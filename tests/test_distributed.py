@@ -95,8 +95,8 @@ def test_a_failed_checkpoint_write_on_rank_zero_stops_every_rank_with_the_same_m
     assert result.stderr.count(f"CheckpointWriteError: {message}") == 2, result.stderr[-3000:]
 
 
-def _train_until_sigterm(tmp_path: Path, config: dict, environment: dict | None = None) -> tuple[subprocess.CompletedProcess, str]:
-    """Start `brain-gen train`, send SIGTERM once training runs, and wait for the command to end."""
+def _train_until_sigterm(tmp_path: Path, config: dict, environment: dict | None = None, signum: int = signal.SIGTERM) -> tuple[subprocess.CompletedProcess, str]:
+    """Start `brain-gen train`, send SIGTERM (or ``signum``) once training runs, and wait for the command to end."""
     path = write_config(tmp_path, config)
     command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(path)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
@@ -104,7 +104,7 @@ def _train_until_sigterm(tmp_path: Path, config: dict, environment: dict | None 
         if "training with batch_size" in line:
             break
     time.sleep(1.0)  # some steps in
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=120)
     return subprocess.CompletedProcess(command, process.returncode, out, err), str(path)
 
@@ -287,3 +287,27 @@ def test_ddp_early_stopping_global_rates_reduced_validation_and_resume_overrides
     alone = {**resumed, "trainer": {**resumed["trainer"], "strategy": "auto", "devices": 1, "max_epochs": 2}}
     _brain_gen(write_config(tmp_path, alone))
     assert scalars(logs / "version_2")["val/loss"][0][1] == pytest.approx(second["val/loss"][0][1], rel=0.01)
+
+
+@pytest.mark.slow
+def test_sigusr1_under_slurm_writes_the_last_checkpoint_then_hands_the_job_to_lightnings_auto_requeue(tmp_path, tiny_dataset):
+    # SLURM cannot run here: its environment variables make Lightning detect a SLURM job,
+    # and a stand-in scontrol on the PATH records the requeue it is asked for.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "brain-gen", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+    environment = {**os.environ, **slurm, "PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]])}
+    trainer = {"max_epochs": 1000, "limit_train_batches": None, "limit_val_batches": 1}
+    result, _ = _train_until_sigterm(tmp_path, tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer), environment, signal.SIGUSR1)
+    assert result.returncode == 143, result.stderr[-3000:]
+    stopped = [line for line in result.stderr.splitlines() if "preempted (SIGUSR1) at step" in line]
+    assert len(stopped) == 1 and "handed to SLURM's auto-requeue" in stopped[0], result.stderr[-3000:]
+    step = int(stopped[0].split("at step ")[1].split(";")[0])
+    last = next((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-checkpoint*.ckpt"))
+    hpc = tmp_path / "runs" / "hpc_ckpt_1.ckpt"  # Lightning's own, in the Trainer's default_root_dir
+    for path in (last, hpc):
+        assert torch.load(path, map_location="cpu", weights_only=False)["global_step"] == step > 0
+    assert last.stat().st_mtime_ns <= hpc.stat().st_mtime_ns
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]

@@ -10,8 +10,10 @@ import threading
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning import callbacks as lightning_callbacks
 from pytorch_lightning.callbacks import BatchSizeFinder, EarlyStopping
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
 from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
@@ -128,23 +130,25 @@ class LogBatchSize(pl.Callback):
 
 
 class _SignalWhileTraining(pl.Callback):
-    """Handles one signal with ``handle`` while training runs, then puts the previous handler back."""
-
-    signum: signal.Signals
+    """Handles signals while training runs, then puts the previous handlers back."""
 
     def __init__(self):
-        self._previous_handler: Any = None
+        self._previous_handlers: dict[int, Any] = {}
 
-    def _install(self, handle) -> None:
+    def _install(self, signum: int, handle) -> Any:
+        """Handle ``signum`` with ``handle``; returns the handler it replaces (None off the main thread)."""
         if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        self._previous_handler = signal.getsignal(self.signum)
-        signal.signal(self.signum, handle)
+            return None  # signal handlers can only be set from the main thread
+        previous = signal.getsignal(signum)
+        self._previous_handlers.setdefault(signum, previous)
+        signal.signal(signum, handle)
+        return previous
 
     def _restore(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(self.signum, self._previous_handler)
-            self._previous_handler = None
+        for signum, handler in self._previous_handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
@@ -161,8 +165,6 @@ class GracefulInterrupt(_SignalWhileTraining):
     step). A second Ctrl-C interrupts at once, as Lightning normally does.
     """
 
-    signum = signal.SIGINT
-
     def __init__(self):
         super().__init__()
         self.stopping = False  # a first Ctrl-C came: the next one interrupts at once
@@ -178,42 +180,79 @@ class GracefulInterrupt(_SignalWhileTraining):
             trainer.should_stop = True
             log.warning("Ctrl-C: stopping after this batch and saving a last-checkpoint; press Ctrl-C again to stop at once")
 
-        self._install(stop_after_this_batch)
+        self._install(signal.SIGINT, stop_after_this_batch)
 
 
 class Preemption(_SignalWhileTraining):
-    """SIGTERM, a cluster's notice before it kills a job: stop after the current step.
+    """A cluster's notice before it stops a job: stop after the current step, with a last-checkpoint.
+
+    The notices are SIGTERM (SLURM, Kubernetes), and under SLURM with Lightning's
+    auto-requeue (its SLURMEnvironment, on by default) the requeue signal, SIGUSR1
+    unless the environment says otherwise.
 
     Every rank finishes the step it is in; after each step the ranks agree (one small
-    all-reduce under DDP) whether any of them got the signal, so all stop after the
+    all-reduce under DDP) whether any of them got a notice, so all stop after the
     same step, however the signal reached them (SLURM and torchrun signal every rank,
     Lightning's own launcher only the first). Training then ends through the normal
     path, so FinalCheckpoint writes a last-checkpoint, and ExperimentDL.train raises
     TrainingPreempted; the command exits with 143, as a process killed by SIGTERM would.
+    After the requeue signal, ExperimentDL.train first calls ``requeue``: Lightning's
+    own requeue handler, which saves its HPC checkpoint and runs ``scontrol requeue``.
 
-    While training runs this replaces Lightning's SIGTERM handler, whose own stop
-    broadcasts from inside the signal handler and was seen to leave DDP ranks waiting.
+    While training runs this replaces Lightning's handlers of both signals: its SIGTERM
+    handler broadcasts from inside the signal handler, and its requeue handler saves a
+    checkpoint there, both in the middle of a step; the SIGTERM one was seen to leave
+    DDP ranks waiting.
     """
-
-    signum = signal.SIGTERM
 
     def __init__(self):
         super().__init__()
-        self.signalled = False  # this process got SIGTERM
-        self.requested = False  # the ranks agreed to stop: training ended on SIGTERM
+        self.signals_received: set[int] = set()  # by this process
+        self.requested = False  # the ranks agreed to stop: training ended on a notice
+        self.stop_signal: signal.Signals | None = None  # the notice they stopped on (the requeue signal wins)
+        self._requeue_signal: signal.Signals | None = None
+        self._lightning_requeue_handler: Any = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signalled = self.requested = False
+        self.signals_received, self.requested, self.stop_signal = set(), False, None
 
         def stop_after_this_step(signum, frame):
-            if not self.signalled:
-                log.warning("SIGTERM: stopping after this step and saving a last-checkpoint")
-            self.signalled = True
+            if not self.signals_received:
+                log.warning("%s: stopping after this step and saving a last-checkpoint", signal.Signals(signum).name)
+            self.signals_received.add(signum)
 
-        self._install(stop_after_this_step)
+        self._install(signal.SIGTERM, stop_after_this_step)
+        environment = slurm_requeue_environment(trainer)
+        self._requeue_signal = environment.requeue_signal if environment is not None else None
+        if self._requeue_signal is not None:
+            self._lightning_requeue_handler = self._install(self._requeue_signal, stop_after_this_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        stop = self.signalled if trainer.world_size == 1 else trainer.strategy.reduce_boolean_decision(self.signalled, all=False)
-        if stop:
+        received = (signal.SIGTERM in self.signals_received, self._requeue_signal in self.signals_received)
+        if trainer.world_size > 1:
+            # The number of ranks that got each notice: one all-reduce for both.
+            agreed = trainer.strategy.reduce(torch.tensor(received, dtype=torch.float32, device=pl_module.device), reduce_op="sum")
+            received = tuple(bool(count > 0) for count in agreed.tolist())
+        if any(received):
             self.requested = True
+            self.stop_signal = self._requeue_signal if received[1] else signal.SIGTERM
             trainer.should_stop = True
+
+    def requeue_if_asked(self) -> None:
+        """After the requeue signal, once the last-checkpoint is written: Lightning's auto-requeue.
+
+        Its handler saves Lightning's HPC checkpoint (every rank takes part) and has
+        rank zero run ``scontrol requeue``; called here, between steps, on every rank.
+        """
+        if self.stop_signal is not None and self.stop_signal == self._requeue_signal and callable(self._lightning_requeue_handler):
+            self._lightning_requeue_handler(self.stop_signal, None)
+
+
+def slurm_requeue_environment(trainer: pl.Trainer) -> SLURMEnvironment | None:
+    """The run's SLURM environment when the job runs under SLURM with auto-requeue on, else None."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is None and SLURMEnvironment.detect():
+        environment = SLURMEnvironment()  # the one Lightning detects for a single-device strategy
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal is not None:
+        return environment
+    return None

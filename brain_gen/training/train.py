@@ -337,8 +337,9 @@ class ExperimentDL:
             trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
             preemption = next(callback for callback in trainer.callbacks if isinstance(callback, Preemption))
             if preemption.requested:
+                preemption.requeue_if_asked()
                 # A preempted run must not look finished to a job scheduler, nor to a script.
-                raise TrainingPreempted(trainer.global_step)
+                raise TrainingPreempted(trainer.global_step, preemption.stop_signal.name)
             if self.eval_runner is not None:
                 self.eval_runner.finish()
         except MisconfigurationException as exc:
