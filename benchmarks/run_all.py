@@ -2,6 +2,7 @@
 
 from benchmarks import (
     bench_checkpoint_stall,
+    bench_ddp_scaling,
     bench_eval_runner,
     bench_forecast,
     bench_mixup_collate,
@@ -11,6 +12,6 @@ from benchmarks import (
 )
 
 if __name__ == "__main__":
-    for module in (bench_text_collate, bench_mixup_collate, bench_performance_monitor, bench_checkpoint_stall, bench_prepare, bench_forecast, bench_eval_runner):
+    for module in (bench_text_collate, bench_mixup_collate, bench_performance_monitor, bench_checkpoint_stall, bench_prepare, bench_forecast, bench_eval_runner, bench_ddp_scaling):
         print(f"== {module.__name__}")
         module.main()
