@@ -18,7 +18,8 @@ from brain_gen.distributed import TrainingPreempted, launched_as_rank_zero
 from brain_gen.eval.process import start_early, stop_worker
 
 EXIT_BAD_INPUT = 2
-# A run stopped by SIGTERM (preempted) after saving its last-checkpoint: 128 + 15, as if killed by it.
+# A run a cluster preempted (SIGTERM, or SLURM's requeue signal) after saving its last-checkpoint:
+# 128 + 15, as if SIGTERM had killed it.
 EXIT_PREEMPTED = 143
 
 

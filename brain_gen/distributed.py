@@ -3,8 +3,9 @@
 Known before anything starts (no process group is needed), so that work done once
 per run (the run folder's files, the console lines, the evaluation process, the
 split cache) can be left to global rank zero from the first line of a command.
-Also the exception of a run that a cluster preempted (SIGTERM), which the command line
-turns into its exit status without importing the training code first.
+Also the exception of a run that a cluster preempted (SIGTERM, or SLURM's requeue
+signal), which the command line turns into its exit status without importing the
+training code first.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def launched_as_rank_zero() -> bool:
 class TrainingPreempted(Exception):
     """Training stopped on a cluster's notice (SIGTERM, or SLURM's requeue signal), after writing a last-checkpoint."""
 
-    def __init__(self, step: int, signal_name: str = "SIGTERM"):
+    def __init__(self, step: int, signal_name: str = "SIGTERM", requeued: bool = False):
         self.step = step
         self.signal_name = signal_name
-        requeued = "" if signal_name == "SIGTERM" else " and the job was handed to SLURM's auto-requeue"
-        super().__init__(f"preempted ({signal_name}) at step {step}; a last-checkpoint was written{requeued}: continue with resume_from: last")
+        self.requeued = requeued
+        handed = " and the job was handed to SLURM's auto-requeue" if requeued else ""
+        super().__init__(f"preempted ({signal_name}) at step {step}; a last-checkpoint was written{handed}: continue with resume_from: last")

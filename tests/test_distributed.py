@@ -111,7 +111,8 @@ def _train_until_sigterm(tmp_path: Path, config: dict, environment: dict | None 
 
 @pytest.mark.slow
 def test_sigterm_stops_after_the_step_with_a_last_checkpoint_and_the_run_resumes(tmp_path, tiny_dataset):
-    trainer = {"max_epochs": 1000, "limit_train_batches": None, "limit_val_batches": 1}
+    # min_epochs would keep a stop through trainer.should_stop waiting for epoch 1000.
+    trainer = {"max_epochs": 1000, "min_epochs": 1000, "limit_train_batches": None, "limit_val_batches": None}
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer)
     result, _ = _train_until_sigterm(tmp_path, config)
     assert result.returncode == 143, result.stderr[-2000:]
@@ -124,7 +125,7 @@ def test_sigterm_stops_after_the_step_with_a_last_checkpoint_and_the_run_resumes
     assert state["global_step"] == step > 0
     # The job is started again: it continues from that checkpoint and finishes.
     epochs_done = state["epoch"] + 1
-    resumed = write_config(tmp_path, {**config, "resume_from": "last", "trainer": {**trainer, "max_epochs": epochs_done + 1}})
+    resumed = write_config(tmp_path, {**config, "resume_from": "last", "trainer": {**trainer, "max_epochs": epochs_done + 1, "min_epochs": None}})
     finished = subprocess.run([str(Path(sys.executable).with_name("brain-gen")), "train", str(resumed)], capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     final = list((tmp_path / "runs" / "logs" / "version_1" / "checkpoints").glob("last-checkpoint*.ckpt"))
@@ -134,7 +135,8 @@ def test_sigterm_stops_after_the_step_with_a_last_checkpoint_and_the_run_resumes
 @pytest.mark.slow
 def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_with_one_last_checkpoint(tmp_path, tiny_dataset):
     trainer = {"max_epochs": 1000, "strategy": "ddp", "devices": 2, "accelerator": "cpu", "limit_train_batches": None, "limit_val_batches": 1}
-    result, _ = _train_until_sigterm(tmp_path, tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer))
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=trainer)
+    result, _ = _train_until_sigterm(tmp_path, config)
     assert result.returncode == 143, result.stderr[-3000:]
     assert [run.name for run in (tmp_path / "runs" / "logs").iterdir()] == ["version_0"]
     last = list((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-checkpoint*.ckpt"))
@@ -143,6 +145,12 @@ def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_with_one_last_check
     # Every rank stopped at the step the checkpoint holds: each says so, with the same step.
     stopped = [line for line in result.stderr.splitlines() if "preempted (SIGTERM) at step" in line]
     assert stopped and all(f"at step {step};" in line for line in stopped), result.stderr[-3000:]
+    # Started again, both ranks continue from that step and finish.
+    epochs_done = torch.load(last[0], map_location="cpu", weights_only=False)["epoch"] + 1
+    resumed = {**config, "resume_from": "last", "trainer": {**trainer, "max_epochs": epochs_done + 1}}
+    _brain_gen(write_config(tmp_path, resumed))
+    final = next((tmp_path / "runs" / "logs" / "version_1" / "checkpoints").glob("last-checkpoint*.ckpt"))
+    assert torch.load(final, map_location="cpu", weights_only=False)["global_step"] > step
 
 
 @pytest.mark.slow
@@ -306,7 +314,7 @@ def test_sigusr1_under_slurm_writes_the_last_checkpoint_then_hands_the_job_to_li
     assert len(stopped) == 1 and "handed to SLURM's auto-requeue" in stopped[0], result.stderr[-3000:]
     step = int(stopped[0].split("at step ")[1].split(";")[0])
     last = next((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-checkpoint*.ckpt"))
-    hpc = tmp_path / "runs" / "hpc_ckpt_1.ckpt"  # Lightning's own, in the Trainer's default_root_dir
+    hpc = tmp_path / "runs" / "logs" / "version_0" / "hpc_ckpt_1.ckpt"  # Lightning's own, in the run folder
     for path in (last, hpc):
         assert torch.load(path, map_location="cpu", weights_only=False)["global_step"] == step > 0
     assert last.stat().st_mtime_ns <= hpc.stat().st_mtime_ns

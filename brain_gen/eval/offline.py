@@ -23,10 +23,10 @@ def resolve_checkpoint(config: ExperimentConfig, spec: str) -> Path:
         found = newest_complete_checkpoint(config.save_dir, prefix=f"{spec}-checkpoint")
         if found is None:
             raise ConfigError(f"--ckpt {spec}: no {spec}-checkpoint*.ckpt under save_dir {config.save_dir}; train first or give a path")
-        raise_problems(checkpoint_file_problems(f"--ckpt {spec}", found, sharded=False))
+        raise_problems(checkpoint_file_problems(f"--ckpt {spec}", found))
         return found
     path = Path(spec).expanduser().resolve()
-    raise_problems(checkpoint_file_problems("--ckpt", path, sharded=False))
+    raise_problems(checkpoint_file_problems("--ckpt", path))
     return path
 
 

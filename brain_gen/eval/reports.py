@@ -22,6 +22,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import IterableDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,18 @@ class TestReport(pl.Callback):
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._indices, self._probabilities, self._targets = [], [], []
+        self._batch_indices = []
+        if self.classes is None:
+            return
         # The dataset indices of each batch this process will test: its batch sampler (with
         # Lightning's distributed sampler inside under DDP) does not shuffle the test split,
-        # so iterating it once more gives the order the batches come in.
+        # so iterating it once more gives the order the batches come in. An iterable
+        # dataset has no indices (and its sampler never ends).
         loader = trainer.test_dataloaders
         loader = loader[0] if isinstance(loader, (list, tuple)) else loader
         batch_sampler = getattr(loader, "batch_sampler", None)
-        self._batch_indices = [list(batch) for batch in batch_sampler] if batch_sampler is not None else []
+        if batch_sampler is not None and not isinstance(getattr(loader, "dataset", None), IterableDataset):
+            self._batch_indices = [list(batch) for batch in batch_sampler]
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.classes is None or batch_idx >= len(self._batch_indices):
@@ -59,11 +65,12 @@ class TestReport(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.classes is None or trainer.world_size == 1:
             return
-        # Every process takes part; rank zero keeps the union of the shares.
+        # Every process takes part; rank zero receives the shares and keeps their union.
         share = (self._cat(self._indices), self._cat(self._probabilities), self._cat(self._targets))
-        shares: list[Any] = [None] * trainer.world_size
-        torch.distributed.all_gather_object(shares, share)
-        self._indices, self._probabilities, self._targets = (list(parts) for parts in zip(*shares))
+        shares: list[Any] | None = [None] * trainer.world_size if trainer.is_global_zero else None
+        torch.distributed.gather_object(share, shares, dst=0)
+        if shares is not None:
+            self._indices, self._probabilities, self._targets = (list(parts) for parts in zip(*shares))
 
     @staticmethod
     def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -85,7 +92,7 @@ class TestReport(pl.Callback):
             keep = order[first]
             metrics.update(self._write_classification(folder, indices[keep], probabilities[keep], targets[keep]))
         elif self.classes is not None:
-            log.warning("test report: the test loader has no batch sampler to say which events were tested; "
+            log.warning("test report: no predictions with dataset indices (an iterable dataset, or no test batches); "
                         "test_metrics.json holds the logged test/* values only")
         (folder / "test_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 

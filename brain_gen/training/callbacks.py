@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,6 +20,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
 from brain_gen.config.registry import check_arguments, import_object
 from brain_gen.config.schema import EarlyStoppingConfig
+from brain_gen.distributed import TrainingPreempted
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +195,12 @@ class Preemption(_SignalWhileTraining):
     Every rank finishes the step it is in; after each step the ranks agree (one small
     all-reduce under DDP) whether any of them got a notice, so all stop after the
     same step, however the signal reached them (SLURM and torchrun signal every rank,
-    Lightning's own launcher only the first). Training then ends through the normal
-    path, so FinalCheckpoint writes a last-checkpoint, and ExperimentDL.train raises
-    TrainingPreempted; the command exits with 143, as a process killed by SIGTERM would.
-    After the requeue signal, ExperimentDL.train first calls ``requeue``: Lightning's
-    own requeue handler, which saves its HPC checkpoint and runs ``scontrol requeue``.
+    Lightning's own launcher only the first). Then, at once: the last-checkpoint of that
+    step is written and waited for (``save_checkpoint``), and every rank raises
+    TrainingPreempted, which ends training without the validation pass that stopping
+    through ``should_stop`` would run first, and whatever ``min_epochs`` or
+    ``min_steps`` say. The command exits with 143, as a process killed by SIGTERM would.
+    After the requeue signal, ExperimentDL.train then calls ``requeue_if_asked``.
 
     While training runs this replaces Lightning's handlers of both signals: its SIGTERM
     handler broadcasts from inside the signal handler, and its requeue handler saves a
@@ -205,16 +208,17 @@ class Preemption(_SignalWhileTraining):
     DDP ranks waiting.
     """
 
-    def __init__(self):
+    def __init__(self, save_checkpoint: Callable[[pl.Trainer], None] | None = None):
+        """``save_checkpoint(trainer)`` writes the last-checkpoint and returns once it is on disk (None: no checkpoints)."""
         super().__init__()
+        self.save_checkpoint = save_checkpoint
         self.signals_received: set[int] = set()  # by this process
-        self.requested = False  # the ranks agreed to stop: training ended on a notice
-        self.stop_signal: signal.Signals | None = None  # the notice they stopped on (the requeue signal wins)
+        self.stop_signal: signal.Signals | None = None  # the notice the ranks stopped on (the requeue signal wins)
         self._requeue_signal: signal.Signals | None = None
         self._lightning_requeue_handler: Any = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.signals_received, self.requested, self.stop_signal = set(), False, None
+        self.signals_received, self.stop_signal = set(), None
 
         def stop_after_this_step(signum, frame):
             if not self.signals_received:
@@ -233,19 +237,26 @@ class Preemption(_SignalWhileTraining):
             # The number of ranks that got each notice: one all-reduce for both.
             agreed = trainer.strategy.reduce(torch.tensor(received, dtype=torch.float32, device=pl_module.device), reduce_op="sum")
             received = tuple(bool(count > 0) for count in agreed.tolist())
-        if any(received):
-            self.requested = True
-            self.stop_signal = self._requeue_signal if received[1] else signal.SIGTERM
-            trainer.should_stop = True
+        if not any(received):
+            return
+        self.stop_signal = self._requeue_signal if received[1] else signal.SIGTERM
+        if self.save_checkpoint is not None:
+            self.save_checkpoint(trainer)
+        raise TrainingPreempted(trainer.global_step, self.stop_signal.name)
 
-    def requeue_if_asked(self) -> None:
-        """After the requeue signal, once the last-checkpoint is written: Lightning's auto-requeue.
+    def requeue_if_asked(self) -> bool:
+        """After the requeue signal, once training has stopped: Lightning's auto-requeue. Whether it ran.
 
-        Its handler saves Lightning's HPC checkpoint (every rank takes part) and has
-        rank zero run ``scontrol requeue``; called here, between steps, on every rank.
+        The handler is the one Lightning installed for the requeue signal (it does so
+        for a SLURM job with auto-requeue on): it saves Lightning's HPC checkpoint (every
+        rank takes part) into the run folder and has rank zero run ``scontrol requeue``.
+        Called on every rank, after training, where they all are together.
         """
-        if self.stop_signal is not None and self.stop_signal == self._requeue_signal and callable(self._lightning_requeue_handler):
-            self._lightning_requeue_handler(self.stop_signal, None)
+        handler = self._lightning_requeue_handler
+        if self.stop_signal is None or self.stop_signal != self._requeue_signal or not callable(handler):
+            return False
+        handler(self.stop_signal, None)
+        return True
 
 
 def slurm_requeue_environment(trainer: pl.Trainer) -> SLURMEnvironment | None:

@@ -373,6 +373,17 @@ class FinalCheckpoint(pl.Callback):
         if isinstance(exception, KeyboardInterrupt) and not self._in_batch:
             self._save(trainer, epoch_finished=False)
 
+    def save_now(self, trainer: pl.Trainer) -> None:
+        """Save the latest state at once, between two steps, and wait until it is on disk (a preempted run).
+
+        Every rank calls it. The save at the end of training then finds this step saved.
+        """
+        self._save(trainer, epoch_finished=False)
+        checkpoint_io = trainer.strategy.checkpoint_io
+        if isinstance(checkpoint_io, BackgroundCheckpointIO):
+            checkpoint_io.finish_writes()
+            checkpoint_io.raise_failed_write()
+
     def _save(self, trainer: pl.Trainer, epoch_finished: bool) -> None:
         # ModelCheckpoint has no public "save now": its public hooks follow every_n_epochs.
         # These protected members are the ones its own hooks use, so the final file is
@@ -403,6 +414,7 @@ class RunCheckpoints:
     checkpoint_io: BackgroundCheckpointIO
     best: ModelCheckpoint | None
     last: ModelCheckpoint
+    final: FinalCheckpoint
 
 
 def run_checkpoints(dirpath: Path, cadence_epochs: int | None = None, has_validation: bool = True) -> RunCheckpoints:
@@ -432,8 +444,9 @@ def run_checkpoints(dirpath: Path, cadence_epochs: int | None = None, has_valida
     # FinalCheckpoint before the monitor: when training ends, the final save comes first,
     # then the wait for its write. Lightning keeps this order (it moves only
     # ModelCheckpoints, to the end).
-    callbacks: list[pl.Callback] = [*([best] if best is not None else []), last, FinalCheckpoint(last), CheckpointWriteMonitor(checkpoint_io)]
-    return RunCheckpoints(callbacks=callbacks, checkpoint_io=checkpoint_io, best=best, last=last)
+    final = FinalCheckpoint(last)
+    callbacks: list[pl.Callback] = [*([best] if best is not None else []), last, final, CheckpointWriteMonitor(checkpoint_io)]
+    return RunCheckpoints(callbacks=callbacks, checkpoint_io=checkpoint_io, best=best, last=last, final=final)
 
 
 def newest_complete_checkpoint(save_dir: str | os.PathLike, prefix: str = "last-checkpoint") -> Path | None:

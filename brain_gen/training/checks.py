@@ -29,7 +29,7 @@ from torch import nn
 
 from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.registry import check_arguments, resolve_class
-from brain_gen.config.schema import ExperimentConfig, LightningConfig, ResumeContextConfig
+from brain_gen.config.schema import FSDP_STRATEGIES, ExperimentConfig, LightningConfig, ResumeContextConfig
 from brain_gen.dataset.mixup import sample_problems
 from brain_gen.training.fsdp import SHARDED_METADATA_FILE, is_sharded_checkpoint
 from brain_gen.training.lightning import scheduler_classes
@@ -49,7 +49,8 @@ def setup_problems(config: ExperimentConfig, check_trainer: bool = True) -> list
     problems = lr_schedule_problems(config.lightning)
     # resume_from: last is resolved to a path by ExperimentDL first, or reported there.
     if config.resume_from is not None and config.resume_from != "last":
-        problems += checkpoint_file_problems("resume_from", Path(config.resume_from))
+        fsdp = config.trainer.lightning_kwargs.get("strategy") in FSDP_STRATEGIES
+        problems += checkpoint_file_problems("resume_from", Path(config.resume_from), sharded=fsdp)
     problems += writable_folder_problems("save_dir", Path(config.save_dir))
     if config.datasplitter.cache_dir:
         problems += writable_folder_problems("datasplitter.cache_dir", Path(config.datasplitter.cache_dir))
@@ -156,13 +157,13 @@ def lr_schedule_problems(config: LightningConfig) -> list[str]:
     return []
 
 
-def checkpoint_file_problems(key: str, path: Path, sharded: bool = True) -> list[str]:
-    """A cheap look at a checkpoint before training: it exists and is a torch.save zip archive,
-    or (where ``sharded`` allows it, for resuming) the folder of a sharded FSDP checkpoint."""
+def checkpoint_file_problems(key: str, path: Path, sharded: bool = False) -> list[str]:
+    """A cheap look at a checkpoint: a torch.save zip archive, or with ``sharded`` also a sharded FSDP folder."""
     if is_sharded_checkpoint(path):
         if sharded:
             return checkpoint_file_problems(key, path / SHARDED_METADATA_FILE)
-        return [f"{key}: {path} is a sharded FSDP checkpoint, which only an FSDP run can load; save with trainer.fsdp_state_dict_type: full"]
+        return [f"{key}: {path} is a sharded FSDP checkpoint, which only an FSDP run can load (trainer.strategy: fsdp); "
+                "save with trainer.fsdp_state_dict_type: full to load it elsewhere"]
     if not path.is_file():
         return [f"{key}: checkpoint not found: {path}"]
     try:

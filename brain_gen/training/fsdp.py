@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from pytorch_lightning.strategies import FSDPStrategy, StrategyRegistry
 
 from brain_gen.training.durable_write import TEMPORARY_SUFFIX, fsync_folder
@@ -56,17 +57,29 @@ class DurableFSDPStrategy(FSDPStrategy):
         if self.is_global_zero and partial.exists():
             shutil.rmtree(partial)
         self.barrier("sharded checkpoint: start")
+        error: Exception | None = None
         try:
             super().save_checkpoint(checkpoint, partial, storage_options)
-        except BaseException:
+        except Exception as exc:  # kept until every rank knows, so that none waits for the others
+            error = exc
+        # Every shard is written before rank zero makes the folder visible under its name;
+        # if any process failed, every one of them raises and the folder goes.
+        if not all_ranks_agree(error is None):
             if self.is_global_zero:
                 shutil.rmtree(partial, ignore_errors=True)
-            raise
-        # Every shard is written before rank zero makes the folder visible under its name.
-        self.barrier("sharded checkpoint: shards written")
+            raise error or RuntimeError(f"sharded checkpoint {final}: another process failed to write its shard")
         if self.is_global_zero:
             publish_folder(partial, final)
         self.barrier("sharded checkpoint: published")
+
+
+def all_ranks_agree(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (an object gather, which works on gloo and NCCL alike)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return ok
+    answers: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(answers, ok)
+    return all(answers)
 
 
 def publish_folder(partial: Path, final: Path) -> None:

@@ -64,8 +64,8 @@ class ExperimentDL:
             the Trainer settings are then checked when a run starts, not here.
 
     The config is fully validated here, before any data is read. Data and model
-    are built on first use. ``train()`` raises ``TrainingPreempted`` when SIGTERM
-    stopped it (after writing a last-checkpoint).
+    are built on first use. ``train()`` raises ``TrainingPreempted`` when a cluster's
+    notice (SIGTERM, or SLURM's requeue signal) stopped it, after writing a last-checkpoint.
     """
 
     def __init__(
@@ -234,7 +234,10 @@ class ExperimentDL:
         if checkpoint_io is not None:
             plugins.append(checkpoint_io)
         try:
-            return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, plugins=plugins, default_root_dir=str(self.save_dir))
+            # Lightning's own files (its SLURM requeue checkpoint, the batch-size search's
+            # temporary one) belong to the run: in its folder, where no later run looks.
+            root = logger.log_dir if logger else self.save_dir
+            return pl.Trainer(**kwargs, logger=logger, callbacks=callbacks, plugins=plugins, default_root_dir=str(root))
         except (MisconfigurationException, ValueError) as exc:  # checked before data by setup_problems; kept for safety
             raise ConfigError(f"trainer: {exc}") from exc
 
@@ -334,12 +337,14 @@ class ExperimentDL:
                     trainer.validate(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
             # Added only now, so that the validation pass above does not search too.
             self._add_batch_size_finder(trainer)
-            trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
-            preemption = next(callback for callback in trainer.callbacks if isinstance(callback, Preemption))
-            if preemption.requested:
-                preemption.requeue_if_asked()
-                # A preempted run must not look finished to a job scheduler, nor to a script.
-                raise TrainingPreempted(trainer.global_step, preemption.stop_signal.name)
+            try:
+                trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
+            except TrainingPreempted as preempted:
+                # The last-checkpoint is on disk: now SLURM's requeue, where the notice asked for it.
+                preemption = next(callback for callback in trainer.callbacks if isinstance(callback, Preemption))
+                if preemption.requeue_if_asked():
+                    raise TrainingPreempted(preempted.step, preempted.signal_name, requeued=True) from None
+                raise
             if self.eval_runner is not None:
                 self.eval_runner.finish()
         except MisconfigurationException as exc:
@@ -445,10 +450,12 @@ def run_callbacks(
     trainer_config = config.trainer
     callbacks: list[pl.Callback] = []
     checkpoint_io = None
+    save_on_preemption = None
     if run_dir is not None and trainer_config.lightning_kwargs.get("enable_checkpointing", True) is not False:
         checkpoints = run_checkpoints(run_dir / "checkpoints", trainer_config.checkpoint_cadence_epochs, has_validation)
         callbacks.extend(checkpoints.callbacks)
         checkpoint_io = checkpoints.checkpoint_io
+        save_on_preemption = checkpoints.final.save_now
         if eval_runner is not None:
             # Evaluations follow the last-checkpoints, each as soon as it is complete on disk.
             checkpoints.checkpoint_io.on_durable_write(eval_runner.checkpoint_written, of=checkpoints.last)
@@ -456,7 +463,7 @@ def run_callbacks(
     stopping = early_stopping(trainer_config.early_stopping)
     if stopping is not None:
         callbacks.append(stopping)
-    callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt(), Preemption()])
+    callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt(), Preemption(save_on_preemption)])
     if test_dataset is not None:
         callbacks.append(TestReport(test_dataset))
     return callbacks + list(user), checkpoint_io

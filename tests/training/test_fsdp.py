@@ -15,12 +15,15 @@ from brain_gen.cli import main
 from brain_gen.config.schema import FSDP_STRATEGIES
 from brain_gen.training.checkpointing import newest_complete_checkpoint
 from brain_gen.training.checks import checkpoint_file_problems
-from brain_gen.training.fsdp import DurableFSDPStrategy, durable_fsdp_strategy, is_sharded_checkpoint
+from brain_gen.training.fsdp import SHARDED_METADATA_FILE, DurableFSDPStrategy, durable_fsdp_strategy, is_sharded_checkpoint
 from tests.conftest import tiny_config, write_config
 
 
-def test_the_fsdp_strategy_names_are_lightnings():
+def test_the_fsdp_strategy_names_and_metadata_file_are_lightnings():
+    from lightning_fabric.utilities.load import _METADATA_FILENAME
+
     assert FSDP_STRATEGIES == tuple(FSDPStrategy.get_registered_strategies())
+    assert SHARDED_METADATA_FILE == _METADATA_FILENAME
     strategy = durable_fsdp_strategy("fsdp_cpu_offload", "sharded")
     assert strategy.cpu_offload.offload_params and strategy.sharded_checkpoints
 
@@ -61,13 +64,24 @@ def _save_from_rank(rank: int, folder: str) -> None:
         strategy = sharded_strategy(rank, world_size=2)
         strategy.save_checkpoint(lightning_checkpoint(1.0, step=5), Path(folder, "last-checkpoint.ckpt"))
         strategy.save_checkpoint(lightning_checkpoint(2.0, step=6), Path(folder, "last-checkpoint.ckpt"))
-        Path(folder, f"rank{rank}.json").write_text(json.dumps("done"))
+        # Rank zero's metadata file fails after every shard is written: both ranks raise, none waits.
+        broken = lightning_checkpoint(3.0, step=7)
+        if rank == 0:
+            broken["callbacks"] = {"cannot be pickled": lambda: None}
+        try:
+            strategy.save_checkpoint(broken, Path(folder, "last-checkpoint.ckpt"))
+            outcome = "saved"
+        except Exception as exc:
+            outcome = type(exc).__name__
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(outcome))
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_processes_write_one_sharded_checkpoint_folder_and_replace_it_whole(tmp_path):
     torch.multiprocessing.start_processes(_save_from_rank, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    outcomes = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert outcomes[0] != "saved" and outcomes[1] == "RuntimeError", outcomes
     folder = tmp_path / "last-checkpoint.ckpt"
     assert is_sharded_checkpoint(folder)
     weight, metadata = read_sharded(folder)
@@ -75,9 +89,10 @@ def test_two_processes_write_one_sharded_checkpoint_folder_and_replace_it_whole(
     # Nothing left of the temporary folders or of the checkpoint it replaced.
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
     assert newest_complete_checkpoint(tmp_path) == folder
-    assert checkpoint_file_problems("resume_from", folder) == []
-    assert checkpoint_file_problems("--ckpt", folder, sharded=False) == [
-        f"--ckpt: {folder} is a sharded FSDP checkpoint, which only an FSDP run can load; save with trainer.fsdp_state_dict_type: full"
+    assert checkpoint_file_problems("resume_from", folder, sharded=True) == []
+    assert checkpoint_file_problems("--ckpt", folder) == [
+        f"--ckpt: {folder} is a sharded FSDP checkpoint, which only an FSDP run can load (trainer.strategy: fsdp); "
+        "save with trainer.fsdp_state_dict_type: full to load it elsewhere"
     ]
 
 
@@ -92,3 +107,11 @@ def test_a_sharded_save_that_fails_midway_leaves_the_previous_checkpoint_under_i
     weight, metadata = read_sharded(folder)
     assert torch.equal(weight, torch.full((4,), 1.0)) and metadata["global_step"] == 5
     assert [path.name for path in tmp_path.iterdir()] == ["last-checkpoint.ckpt"]
+
+
+def test_a_sharded_checkpoint_resumes_only_an_fsdp_run(tmp_path, tiny_dataset, capsys):
+    folder = tmp_path / "last-checkpoint.ckpt"
+    sharded_strategy().save_checkpoint(lightning_checkpoint(1.0, step=5), folder)
+    config = tiny_config(tmp_path / "runs", tiny_dataset, resume_from=str(folder))
+    assert main(["validate", str(write_config(tmp_path, config))]) == 2
+    assert f"resume_from: {folder} is a sharded FSDP checkpoint, which only an FSDP run can load" in capsys.readouterr().err
