@@ -12,12 +12,14 @@ from pathlib import Path
 
 import yaml
 
-from brain_gen.config.errors import BrainGenError, ConfigError
+from brain_gen.config.errors import BrainGenError, ConfigError, NonFiniteTraining
 from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS
 from brain_gen.distributed import TrainingPreempted, launched_as_rank_zero
 from brain_gen.eval.process import start_early, stop_worker
 
 EXIT_BAD_INPUT = 2
+# Training met a NaN or infinite loss or gradient and stopped before applying it.
+EXIT_NON_FINITE = 3
 # A run a cluster preempted (SIGTERM, or SLURM's requeue signal) after saving its last-checkpoint:
 # 128 + 15, as if SIGTERM had killed it.
 EXIT_PREEMPTED = 143
@@ -339,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
             except TrainingPreempted as exc:
                 print(f"brain-gen: {exc}", file=sys.stderr)
                 return EXIT_PREEMPTED
+            except NonFiniteTraining as exc:
+                if args.debug:
+                    raise
+                print(f"brain-gen: error: {exc}", file=sys.stderr)
+                return EXIT_NON_FINITE
             except BrainGenError as exc:
                 if args.debug:
                     raise

@@ -92,3 +92,29 @@ class RecordingChunkDataset(ChunkDataset):
         with open(Path(self.record_dir) / f"{len(self)}-rank{rank}.txt", "a") as handle:
             handle.write(f"{index}\n")
         return super().__getitem__(index)
+
+
+class NonFiniteAtStep(nn.Module):
+    """LastValueModel that goes wrong in its training forward number ``at_call`` (1-based).
+
+    ``kind``: "loss" makes that output NaN; "gradient" keeps the output finite but
+    gives the scale an infinite gradient.
+    """
+
+    def __init__(self, num_channels: int, at_call: int, kind: str = "loss"):
+        super().__init__()
+        self.inner = LastValueModel(num_channels)
+        self.num_channels = num_channels
+        self.at_call, self.kind, self.calls = at_call, kind, 0
+        self.inner.scale.register_hook(lambda grad: grad * float("inf") if self._wrong_now() and self.kind == "gradient" else grad)
+
+    def _wrong_now(self) -> bool:
+        return self.calls == self.at_call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+        outputs = self.inner(x)
+        if self._wrong_now() and self.kind == "loss":
+            outputs = outputs * float("nan")
+        return outputs

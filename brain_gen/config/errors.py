@@ -48,3 +48,7 @@ def did_you_mean(name: str, choices, n: int = 1) -> str:
         return ""
     listed = matches[0] if len(matches) == 1 else f"{', '.join(matches[:-1])} or {matches[-1]}"
     return f" (did you mean {listed}?)"
+
+
+class NonFiniteTraining(BrainGenError):
+    """Training stopped at the first step whose loss or gradients were not finite, before the weights changed."""

@@ -366,7 +366,10 @@ class EarlyStoppingConfig(Section):
     log_rank_zero_only: bool | None = Field(default=None, description="Print stopping messages from rank zero only.")
 
 
-TRAINER_CUSTOM_KEYS = ("tune_batch_size", "early_stopping", "checkpoint_cadence_epochs", "validate_before_resume", "callbacks", "fsdp_state_dict_type")
+TRAINER_CUSTOM_KEYS = (
+    "tune_batch_size", "early_stopping", "checkpoint_cadence_epochs", "validate_before_resume", "callbacks", "fsdp_state_dict_type",
+    "stop_on_non_finite",
+)
 
 # The names pytorch_lightning registers for its FSDPStrategy (kept here so that the
 # schema does not import Lightning; a test holds them equal).
@@ -388,6 +391,12 @@ class TrainerConfig(BaseModel):
     )
     validate_before_resume: bool = Field(default=False, description="Validate the restored weights before training resumes.")
     callbacks: list[Any] = Field(default_factory=list, description="Extra Lightning callbacks appended to the built-in ones.")
+    stop_on_non_finite: bool = Field(
+        default=True,
+        description="Stop at the first training step whose loss or gradient norm is NaN or infinite, before the "
+        "optimizer applies it and without writing a checkpoint of that state (exit status 3). false trains on regardless. "
+        "Under precision 16-mixed only the loss is checked: its gradient scaler skips steps with overflowing gradients by design.",
+    )
     fsdp_state_dict_type: Literal["full", "sharded"] = Field(
         default="full",
         description="With strategy fsdp: checkpoints as one file with the whole model, gathered on rank zero (full), "

@@ -18,7 +18,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import lr_scheduler as torch_schedulers
 
-from brain_gen.config.errors import ConfigError
+from brain_gen.config.errors import ConfigError, NonFiniteTraining
 from brain_gen.config.schema import LightningConfig
 from brain_gen.models import COMPILED_PREFIX, call_model
 
@@ -61,6 +61,8 @@ class LitModel(pl.LightningModule):
             dict of ``name -> callable(outputs, targets)``.
         lightning: the ``lightning`` config section (a LightningConfig or a mapping).
         hparams: values stored in checkpoints and shown in TensorBoard (the run's config).
+        stop_on_non_finite: raise NonFiniteTraining at the first training step whose loss
+            or gradient norm is not finite, before the optimizer step (``trainer.stop_on_non_finite``).
 
     Logged every optimizer step (written at the Trainer's ``log_every_n_steps``):
     ``lr`` and ``weight_decay`` of the decay group, ``grad_norm`` (total L2 norm of the
@@ -74,8 +76,12 @@ class LitModel(pl.LightningModule):
         loss: nn.Module,
         lightning: LightningConfig | dict[str, Any],
         hparams: dict[str, Any] | None = None,
+        stop_on_non_finite: bool = True,
     ):
         super().__init__()
+        self.stop_on_non_finite = stop_on_non_finite
+        self._train_loss: torch.Tensor | None = None
+        self._batch_index = 0
         self.model = model
         self.loss_fn = loss
         self.config = lightning if isinstance(lightning, LightningConfig) else LightningConfig.model_validate(lightning)
@@ -164,7 +170,9 @@ class LitModel(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         self.trained_batches += 1
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        self._train_loss, self._batch_index = loss.detach(), batch_idx
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
@@ -259,9 +267,11 @@ class LitModel(pl.LightningModule):
         for name in ("lr", "weight_decay"):
             self.log(name, torch.full((), float(group[name]), device=self.device), on_step=True, on_epoch=False)
         gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not gradients:
+        grad_norm = total_norm(gradients) if gradients else None
+        if self.stop_on_non_finite:
+            self._stop_if_not_finite(grad_norm)
+        if grad_norm is None:
             return
-        grad_norm = total_norm(gradients)
         if self._steps_over_threshold.device != grad_norm.device:
             self._steps_over_threshold = self._steps_over_threshold.to(grad_norm.device)
         # Counted on the device: no host sync here, only when the logger reads the value.
@@ -269,6 +279,38 @@ class LitModel(pl.LightningModule):
         self._steps_seen += 1
         self.log("grad_norm", grad_norm, on_step=True, on_epoch=False)
         self.log("grad_clip_pct", self._steps_over_threshold * (100.0 / self._steps_seen), on_step=True, on_epoch=False)
+
+    def _stop_if_not_finite(self, grad_norm: torch.Tensor | None) -> None:
+        """Raise NonFiniteTraining when this step's loss or gradient norm is NaN or infinite.
+
+        Checked before the optimizer step (and clipping), so the weights and every
+        checkpoint keep the last finite state. One host sync per step; under DDP the
+        ranks agree, so that all stop together. A gradient scaler (precision 16-mixed)
+        skips steps with overflowing gradients itself: there only the loss counts.
+        """
+        loss = self._train_loss
+        if loss is None:
+            return
+        scaled = "16-mixed" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision)
+        check_gradients = grad_norm is not None and not scaled
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm) if check_gradients else torch.isfinite(loss)
+        bad = not bool(finite)
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        where = f"at step {self.trainer.global_step} (epoch {self.trainer.current_epoch}, batch {self._batch_index} of the epoch)"
+        if not bool(torch.isfinite(loss)):
+            what = f"train/loss is {float(loss)}"
+        elif check_gradients and not bool(torch.isfinite(grad_norm)):
+            what = f"grad_norm is {float(grad_norm)} while train/loss is finite ({float(loss):.4g})"
+        else:
+            what = "another process's train/loss or gradients are not finite"
+        raise NonFiniteTraining(
+            f"training stopped: {what} {where}; the weights were not updated and no checkpoint was written from this step, "
+            "so resume_from: last continues from the last finite state (lower lightning.lr, or check the data); "
+            "trainer.stop_on_non_finite: false trains on regardless"
+        )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.config.benchmark_train_step:

@@ -156,7 +156,7 @@ class ExperimentDL:
         train_loader = self.datamodule.make_loader("train")
         resume_context = config.lightning.resume_context if config.resume_from else None
         raise_problems(data_fit_problems(model, self.datasets["train"], train_loader, resume_context))
-        lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict())
+        lit_model = LitModel(model, loss, config.lightning, hparams=config.to_dict(), stop_on_non_finite=config.trainer.stop_on_non_finite)
         try:
             # Skipped when resume_context will reshape the model first: before that it cannot fit the data.
             if resume_context is None:

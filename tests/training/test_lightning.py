@@ -15,7 +15,7 @@ from brain_gen.config.errors import ConfigError
 from brain_gen.config.loading import load_config
 from brain_gen.training.lightning import LitModel
 from brain_gen.training.train import ExperimentDL
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_config
 from tests.conftest import scalars
 
 BASE_LR = 1e-2
@@ -405,3 +405,34 @@ def test_the_resume_validation_mark_is_cleared_however_the_pass_ends(tmp_path, t
             assert lit_model.validating_before_resume
             raise RuntimeError("validation failed")
     assert not lit_model.validating_before_resume
+
+
+def non_finite_config(tmp_path: Path, tiny_dataset: Path, kind: str, **trainer) -> dict:
+    """Three steps per epoch; the model goes wrong in its 8th training step (step 7: epoch 2, batch 1)."""
+    config = tiny_config(
+        tmp_path / "runs", tiny_dataset, model_name="tests.user_classes:NonFiniteAtStep", loss_name="MSE",
+        datasplitter={"dataset_class": "ChunkDatasetContinuous", "dataset_kwargs": {}},
+        trainer={"max_epochs": 4, "limit_train_batches": 3, "limit_val_batches": 1, **trainer},
+    )
+    config["model_config"] = {"num_channels": 4, "at_call": 8, "kind": kind}
+    return config
+
+
+@pytest.mark.parametrize("kind, reported", [("loss", "train/loss is nan"), ("gradient", "while train/loss is finite")])
+def test_a_non_finite_step_stops_training_before_it_is_applied_or_saved(tmp_path, tiny_dataset, capsys, kind, reported):
+    assert main(["train", str(write_config(tmp_path, non_finite_config(tmp_path, tiny_dataset, kind)))]) == 3
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brain-gen: error:")]
+    assert len(errors) == 1 and reported in errors[0], errors
+    assert "at step 7 (epoch 2, batch 1 of the epoch)" in errors[0] and "trainer.stop_on_non_finite: false" in errors[0]
+    # The last-checkpoint of epoch 1 stays the newest, with finite weights: resume_from: last continues from it.
+    last = list((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-*"))
+    assert [path.name for path in last] == ["last-checkpoint-epoch=1-step=6.ckpt"]
+    state = torch.load(last[0], map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(value).all() for value in state.values())
+
+
+def test_stop_on_non_finite_false_trains_on(tmp_path, tiny_dataset, capsys):
+    config = non_finite_config(tmp_path, tiny_dataset, "loss", stop_on_non_finite=False)
+    assert main(["train", str(write_config(tmp_path, config))]) == 0
+    last = next((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-*"))
+    assert last.name == "last-checkpoint-epoch=3-step=12.ckpt"
