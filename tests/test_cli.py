@@ -49,7 +49,7 @@ def corrupt_first_chunk(dataset_root, array):
         (lambda c: c["lightning"].update(lr_sheduler={}), "train", "lightning.lr_sheduler: unknown key (did you mean lr_scheduler?)"),
         (lambda c: c["lightning"].update(lr="fast"), "validate", "lightning.lr: input should be a valid number"),
         (lambda c: c["trainer"].update(max_epoch=2), "train", "trainer.max_epoch: unknown key (did you mean max_epochs?)"),
-        (lambda c: c["trainer"].update(accelerator="cuda"), "train", "trainer: `CUDAAccelerator` can not run on your system"),
+        (lambda c: c["trainer"].update(accelerator="cuda"), "train", "trainer.accelerator: `CUDAAccelerator` can not run on your system"),
         (lambda c: c.update(model_name="ChanelGPT"), "train", "model_name: unknown name 'ChanelGPT' (did you mean ChannelGPT?)"),
         (lambda c: c.update(model_name="nowhere.module:Model"), "validate", "model_name: cannot import 'nowhere.module:Model'"),
         (lambda c: c["model_config"].update(d_modle=8), "train", "model_config.d_modle: not an argument of ChannelGPT (did you mean d_model?)"),
@@ -69,7 +69,7 @@ def corrupt_first_chunk(dataset_root, array):
         (lambda c: c["trainer"].update(callbacks=[{"class_path": "LearningRateMonitor", "init_args": {"log_moment": True}}]), "train", "trainer.callbacks.0.init_args.log_moment: not an argument of LearningRateMonitor (did you mean log_momentum?)"),
         (lambda c: c["trainer"].update(validate_before_resume=True), "train", "trainer.validate_before_resume only applies when resuming"),
         (lambda c: None, "test", "resume_from: testing needs a checkpoint"),
-        (lambda c: c["trainer"].update(strategy="foo"), "train", "trainer: "),
+        (lambda c: c["trainer"].update(strategy="foo"), "train", "trainer.strategy: You selected an invalid strategy name"),
         (lambda c: c.update(loss_name="MSE"), "train", "model_name / loss_name / datasplitter.dataset_class: ChannelGPT with MSE fails on one ChunkDataset window"),
         (lambda c: c["datasplitter"].update(dataset_class="ChunkDatasetContinuous", dataset_kwargs={}), "validate", "ChannelGPT with CrossEntropy fails on one ChunkDatasetContinuous window"),
         (lambda c: c["model_config"].update(n_heads=0), "train", "model_config: ChannelGPT rejected its arguments: n_heads must be at least 1"),
@@ -102,7 +102,12 @@ def _several_setup_mistakes(config):
         # Schema errors and Trainer-argument errors together: neither hides the other.
         (_several_mistakes, ["lightning.lr: input should be a valid number", "trainer.max_epoch: unknown key (did you mean max_epochs?)"]),
         # Every problem the config alone shows, in one pass before data is read.
-        (_several_setup_mistakes, ["lightning.lr_scheduler.class_name: 'CosineAnnealing' is not a scheduler", "resume_from: checkpoint not found:", "trainer: `CUDAAccelerator` can not run on your system", "trainer.callbacks.0.class_path: 'EarlyStoping' is not a Lightning callback"]),
+        (_several_setup_mistakes, ["lightning.lr_scheduler.class_name: 'CosineAnnealing' is not a scheduler", "resume_from: checkpoint not found:", "trainer.accelerator: `CUDAAccelerator` can not run on your system", "trainer.callbacks.0.class_path: 'EarlyStoping' is not a Lightning callback"]),
+        # Two settings the Trainer refuses: each named by its key, one line each.
+        (
+            lambda c: c["trainer"].update(accelerator="cuda", strategy="foo"),
+            ["trainer.strategy: You selected an invalid strategy name", "trainer.accelerator: `CUDAAccelerator` can not run on your system"],
+        ),
         (
             lambda c: c["trainer"].update(callbacks=[{"class_path": "LearningRateMonitor", "init_args": {"interval": "step", "log_moment": True}}, "EarlyStoping"]),
             [
@@ -239,7 +244,7 @@ def test_tokenizer_text_reads_the_data_without_the_trainers_accelerator(capsys, 
     assert (tmp_path / "tok" / "tokenizer").exists()
     # Training with it still needs the accelerator.
     code, err = run_cli(capsys, "train", str(path))
-    assert code == 2 and len(err) == 1 and "trainer: `CUDAAccelerator` can not run on your system" in err[0]
+    assert code == 2 and len(err) == 1 and "trainer.accelerator: `CUDAAccelerator` can not run on your system" in err[0]
 
 
 def test_a_users_own_checkpoint_io_is_refused_before_data_is_read(tmp_path, tiny_dataset):

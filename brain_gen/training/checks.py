@@ -100,6 +100,27 @@ def trainer_problems(kwargs: dict[str, Any]) -> list[str]:
     The probe has no logger and no callbacks, and its device lines are held back:
     the run's own Trainer prints them once, when it is built.
     """
+    problems = []
+    remaining = dict(kwargs)
+    error = _trainer_refusal(remaining)
+    while error is not None:
+        # Lightning's message names no config key. The keys it is about are those whose
+        # removal makes it go (a probe each, only when something is wrong); without them
+        # the next refusal, if any, is another problem.
+        without = {key: _trainer_refusal({k: v for k, v in remaining.items() if k != key}) for key in remaining}
+        culprits = [key for key, other in without.items() if other != error]
+        if not culprits:
+            problems.append(f"trainer: {error}")
+            break
+        problems.append(f"{', '.join(f'trainer.{key}' for key in culprits)}: {error}")
+        for key in culprits:
+            del remaining[key]
+        error = _trainer_refusal(remaining)
+    return problems
+
+
+def _trainer_refusal(kwargs: dict[str, Any]) -> str | None:
+    """Why pytorch_lightning.Trainer refuses these arguments, or None when it takes them."""
     import pytorch_lightning as pl
 
     probe_kwargs = {**kwargs, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
@@ -107,8 +128,8 @@ def trainer_problems(kwargs: dict[str, Any]) -> list[str]:
         with _device_lines_held_back():
             pl.Trainer(**probe_kwargs)
     except (MisconfigurationException, ValueError) as exc:
-        return [f"trainer: {exc}"]
-    return []
+        return str(exc)
+    return None
 
 
 class _DropInfo(logging.Filter):

@@ -32,7 +32,7 @@ def test_fsdp_on_cpu_and_its_keys_out_of_place_are_reported_before_the_run(tmp_p
     fsdp = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"strategy": "fsdp", "fsdp_state_dict_type": "sharded"}, eval_runner={"enabled": True})
     assert main(["validate", str(write_config(tmp_path, fsdp))]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert any(line.startswith("brain-gen: error: trainer: The strategy `fsdp` requires a GPU accelerator") for line in lines), lines
+    assert any(line.startswith("brain-gen: error: trainer.strategy: The strategy `fsdp` requires a GPU accelerator") for line in lines), lines
     assert any(line.startswith("brain-gen: error: eval_runner.enabled: evaluations load whole checkpoints") for line in lines), lines
     ddp = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"strategy": "ddp", "fsdp_state_dict_type": "sharded"})
     assert main(["validate", str(write_config(tmp_path, ddp))]) == 2
