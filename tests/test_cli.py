@@ -48,6 +48,11 @@ def corrupt_first_chunk(dataset_root, array):
     [
         (lambda c: c["lightning"].update(lr_sheduler={}), "train", "lightning.lr_sheduler: unknown key (did you mean lr_scheduler?)"),
         (lambda c: c["lightning"].update(lr="fast"), "validate", "lightning.lr: input should be a valid number"),
+        (
+            lambda c: c["lightning"].update(lr_scheduler={"class_name": "CosineAnnealingLR", "T_max": 10, "intervall": "step"}),
+            "validate",
+            "lightning.lr_scheduler.intervall: not an argument of CosineAnnealingLR (did you mean interval?)",
+        ),
         (lambda c: c["trainer"].update(max_epoch=2), "train", "trainer.max_epoch: unknown key (did you mean max_epochs?)"),
         (lambda c: c["trainer"].update(accelerator="cuda"), "train", "trainer.accelerator: `CUDAAccelerator` can not run on your system"),
         (lambda c: c.update(model_name="ChanelGPT"), "train", "model_name: unknown name 'ChanelGPT' (did you mean ChannelGPT?)"),

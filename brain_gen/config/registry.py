@@ -42,11 +42,12 @@ def resolve_class(key: str, name: str, builtins: Mapping[str, str]):
     )
 
 
-def check_arguments(key: str, cls, kwargs: Mapping, n_positional: int = 0) -> list[str]:
+def check_arguments(key: str, cls, kwargs: Mapping, n_positional: int = 0, other_keys: tuple[str, ...] = ()) -> list[str]:
     """Problems with calling ``cls(<n_positional args>, **kwargs)``, each naming ``key.ARG``.
 
-    Unknown argument names (with the closest valid one) and missing required
-    arguments are found from the signature, without calling anything.
+    Unknown argument names (with the closest valid one, among the arguments and
+    ``other_keys``, the section's own keys) and missing required arguments are found
+    from the signature, without calling anything.
     """
     import inspect
 
@@ -61,7 +62,7 @@ def check_arguments(key: str, cls, kwargs: Mapping, n_positional: int = 0) -> li
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         for name in kwargs:
             if name not in names:
-                problems.append(f"{key}.{name}: not an argument of {cls.__name__}{did_you_mean(name, names)}")
+                problems.append(f"{key}.{name}: not an argument of {cls.__name__}{did_you_mean(name, [*names, *other_keys])}")
     for parameter in parameters:
         if parameter.kind in named_kinds and parameter.default is inspect.Parameter.empty and parameter.name not in kwargs:
             problems.append(f"{key}.{parameter.name}: required by {cls.__name__}")

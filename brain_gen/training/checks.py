@@ -167,7 +167,9 @@ def lr_schedule_problems(config: LightningConfig) -> list[str]:
     if "last_epoch" in kwargs:
         return ["lightning.lr_scheduler.last_epoch: set by brain-gen (a resumed run restores it from the checkpoint); remove it"]
     scheduler_class = classes[scheduler.class_name]
-    problems = check_arguments("lightning.lr_scheduler", scheduler_class, kwargs, 1)
+    # A misspelled interval, frequency or monitor lands among the constructor's arguments.
+    own_keys = tuple(name for name in type(scheduler).model_fields if name != "class_name")
+    problems = check_arguments("lightning.lr_scheduler", scheduler_class, kwargs, 1, other_keys=own_keys)
     if problems:
         return problems
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
