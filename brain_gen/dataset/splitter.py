@@ -263,16 +263,20 @@ class DataSplitter:
                     rows.append(block)
             windows = np.concatenate(rows) if rows else np.empty((0, 3), dtype=np.int64)
             splits[name] = Split(name, members, windows, length, layout, sfreq, all_sessions=sessions)
+        if len(splits["train"]) == 0:
+            # The error alone says it all: no separate line about the skipped chunks.
+            chunks = [chunk.n_samples for session in splits["train"].sessions for chunk in session.chunks]
+            longest = f"; the longest has {max(chunks)}" if chunks else ""
+            raise DataError(
+                f"datasplitter.example_seconds: the training split has no windows: all {len(chunks)} of its chunks are "
+                f"shorter than one window of {self.config.example_seconds:g} s ({length} samples{longest}); "
+                "make example_seconds shorter"
+            )
         if short_chunks:
             log.warning(
                 "skipped %d chunk(s) shorter than one window of %g s (%d samples)",
                 short_chunks,
                 self.config.example_seconds,
                 length,
-            )
-        if len(splits["train"]) == 0:
-            raise DataError(
-                "datasplitter: the training split has no windows; every training chunk is shorter than "
-                f"example_seconds ({self.config.example_seconds} s)"
             )
         return splits

@@ -11,7 +11,8 @@ import pytest
 from brain_gen.config.errors import ConfigError, DataError
 from brain_gen.config.schema import DataSplitterConfig
 from brain_gen.dataset.splitter import DataSplitter
-from tests.conftest import write_constant_session
+from brain_gen.cli import main
+from tests.conftest import tiny_config, write_config, write_constant_session
 
 
 def splitter(tmp_path, **options) -> DataSplitter:
@@ -45,6 +46,16 @@ def test_short_chunks_are_skipped_with_one_counting_warning(tmp_path, caplog):
         splitter(tmp_path, dataset_root=str(root), example_seconds=1.0, val_ratio=0, test_ratio=0).split()
     warnings = [r.getMessage() for r in caplog.records if "shorter than one window" in r.getMessage()]
     assert warnings == ["skipped 6 chunk(s) shorter than one window of 1 s (10 samples)"]
+
+
+def test_a_training_split_of_short_chunks_is_one_error_with_its_counts(tmp_path, capsys):
+    root = make_sessions(tmp_path / "d", 2, chunk_lengths=(5, 8, 7))
+    config = write_config(tmp_path, tiny_config(tmp_path / "runs", root, datasplitter={"example_seconds": 1.0, "val_ratio": 0, "test_ratio": 0}))
+    assert main(["validate", str(config)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "brain-gen: error: datasplitter.example_seconds: the training split has no windows: all 6 of its chunks are shorter "
+        "than one window of 1 s (10 samples; the longest has 8); make example_seconds shorter"
+    ]
 
 
 def test_split_is_deterministic_for_a_seed_and_changes_with_it(tmp_path):
