@@ -14,6 +14,7 @@ Chunks are memory-mapped and never unpickled. ``write_session`` writes the forma
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from brain_gen.config.errors import DataError
+
+log = logging.getLogger(__name__)
 
 CHUNK_NAME = re.compile(r"^(\d+)\.npy$")
 SUBJECT_TOKEN = re.compile(r"(?:^|[_\-/])(sub-[A-Za-z0-9]+)")
@@ -160,12 +163,25 @@ def subject_from_name(session_name: str) -> str | None:
 def list_session_dirs(root: Path) -> list[Path]:
     """Session folders (those holding meta.json) directly under ``root``, sorted by name.
 
-    Hidden folders (names starting with a dot) are skipped: brain-gen prepare writes
-    unfinished sessions under such names.
+    Hidden folders (names starting with a dot) are the only ones skipped in silence:
+    brain-gen prepare writes unfinished sessions under such names. A folder with chunk
+    files but no meta.json is an error (a session that would silently be left out);
+    any other folder is named in one warning line.
     """
     if not root.is_dir():
         raise DataError(f"datasplitter.dataset_root: folder not found: {root}")
-    sessions = sorted(child for child in root.iterdir() if not child.name.startswith(".") and (child / "meta.json").is_file())
+    folders = sorted(child for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
+    sessions = [folder for folder in folders if (folder / "meta.json").is_file()]
+    others = [folder for folder in folders if not (folder / "meta.json").is_file()]
+    broken = [folder for folder in others if any(CHUNK_NAME.match(child.name) for child in folder.iterdir())]
+    if broken:
+        names = ", ".join(str(folder) for folder in broken)
+        raise DataError(
+            f"{names}: chunk files but no meta.json, so not a session; write its meta.json (brain-gen prepare does), "
+            "or move the folder out of datasplitter.dataset_root"
+        )
+    if others:
+        log.warning("datasplitter.dataset_root: ignored %d folder(s) without meta.json: %s", len(others), ", ".join(folder.name for folder in others))
     if not sessions:
         raise DataError(
             f"datasplitter.dataset_root: no session folders with a meta.json in {root}; "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 
 from brain_gen.config.errors import DataError
-from brain_gen.dataset.session import SessionMeta, list_chunk_files, read_meta, scan_session, subject_from_name, write_session
+from brain_gen.dataset.session import SessionMeta, list_chunk_files, list_session_dirs, read_meta, scan_session, subject_from_name, write_session
 from tests.conftest import write_constant_session
 
 
@@ -103,3 +104,17 @@ def test_a_write_removes_only_its_own_sessions_leftovers(tmp_path):
     assert not any(folder.exists() for folder in own)
     assert all(folder.exists() for folder in other)
     assert read_meta(tmp_path / "sub-01")["sfreq"] == 10.0
+
+
+def test_only_hidden_folders_are_skipped_quietly(tmp_path, caplog):
+    for name in ("sub-01", "sub-02"):
+        write_constant_session(tmp_path / name, [20])
+    (tmp_path / ".partial-sub-03-99").mkdir()  # an unfinished write: skipped without a word
+    (tmp_path / "notes").mkdir()
+    with caplog.at_level(logging.WARNING, logger="brain_gen"):
+        assert [path.name for path in list_session_dirs(tmp_path)] == ["sub-01", "sub-02"]
+    assert [record.getMessage() for record in caplog.records] == ["datasplitter.dataset_root: ignored 1 folder(s) without meta.json: notes"]
+    # Chunks without meta.json: a session that would be left out is an error naming the folder.
+    (tmp_path / "sub-01" / "meta.json").unlink()
+    with pytest.raises(DataError, match=f"^{tmp_path / 'sub-01'}: chunk files but no meta.json, so not a session"):
+        list_session_dirs(tmp_path)
