@@ -15,6 +15,9 @@ import errno
 import logging
 import mmap
 import os
+import re
+import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,9 @@ import torch
 log = logging.getLogger(__name__)
 
 TEMPORARY_SUFFIX = ".partial"
+# ".<final name>.<host>-<pid>.partial" (sharded folders replaced aside: "....replaced.partial");
+# files of earlier versions have no host: ".<final name>.<pid>.partial".
+TEMPORARY_NAME = re.compile(r"^\..+\.(?:(?P<host>[A-Za-z0-9_-]+)-)?(?P<pid>\d+)(?:\.replaced)?\.partial$")
 
 # O_DIRECT needs the buffer address, the file offset and the length of every write to
 # be multiples of the device's logical block size; 4096 covers the disks in use.
@@ -176,6 +182,51 @@ def save_buffered(state: Any, path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def this_host() -> str:
+    """This machine's name as it goes into temporary names (no dots, so that they parse back)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: hidden, and naming its writer."""
+    return path.with_name(f".{path.name}.{this_host()}-{os.getpid()}{TEMPORARY_SUFFIX}")
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temporaries(root: Path) -> tuple[int, int]:
+    """Remove the temporary files and folders under ``root`` whose writer no longer runs: (count, bytes).
+
+    Left by a process killed during a write. Only those written on this machine are
+    judged (a process of another machine sharing the folder cannot be checked).
+    """
+    removed, freed = 0, 0
+    host = this_host()
+    for path in root.rglob(f".*{TEMPORARY_SUFFIX}") if root.is_dir() else []:
+        match = TEMPORARY_NAME.match(path.name)
+        if match is None or match["host"] not in (None, host) or _process_runs(int(match["pid"])):
+            continue
+        try:
+            if path.is_dir():
+                size = sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+                shutil.rmtree(path)
+            else:
+                size = path.stat().st_size
+                path.unlink()
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        removed, freed = removed + 1, freed + size
+    return removed, freed
+
+
 def fsync_folder(folder: Path) -> None:
     """Make a rename or a removal in ``folder`` itself durable."""
     descriptor = os.open(folder, os.O_RDONLY)
@@ -199,7 +250,7 @@ class DurableWriter:
         """torch.save ``state`` to a temporary file next to ``path``, fsync, rename over ``path``, fsync the folder."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+        temporary = temporary_path(path)
         try:
             with checkpoint_save_settings():
                 if path.parent not in self.buffered_folders:

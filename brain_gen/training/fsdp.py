@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from pytorch_lightning.strategies import FSDPStrategy, StrategyRegistry
 
-from brain_gen.training.durable_write import TEMPORARY_SUFFIX, fsync_folder
+from brain_gen.training.durable_write import TEMPORARY_SUFFIX, fsync_folder, temporary_path
 
 # The file Lightning writes next to the shards, holding everything but the model and optimizer states.
 SHARDED_METADATA_FILE = "meta.pt"
@@ -53,7 +53,7 @@ class DurableFSDPStrategy(FSDPStrategy):
         final = Path(self.broadcast(str(filepath)))
         # One name for every rank, chosen by rank zero; the suffix is the one of every
         # unfinished write, so that leftovers of a crash are recognised as such.
-        partial = Path(self.broadcast(str(final.with_name(f".{final.name}.{os.getpid()}{TEMPORARY_SUFFIX}"))))
+        partial = Path(self.broadcast(str(temporary_path(final))))
         if self.is_global_zero and partial.exists():
             shutil.rmtree(partial)
         self.barrier("sharded checkpoint: start")
@@ -97,7 +97,7 @@ def publish_folder(partial: Path, final: Path) -> None:
             finally:
                 os.close(descriptor)
         fsync_folder(Path(folder))
-    replaced = final.with_name(f".{final.name}.{os.getpid()}.replaced{TEMPORARY_SUFFIX}") if final.exists() else None
+    replaced = temporary_path(final).with_suffix(f".replaced{TEMPORARY_SUFFIX}") if final.exists() else None
     if replaced is not None:
         os.replace(final, replaced)
     os.replace(partial, final)

@@ -37,6 +37,7 @@ from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, Preemption, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import newest_complete_checkpoint, run_checkpoints
 from brain_gen.training.checks import class_problems, data_fit_problems, model_problems, setup_problems, trainer_setup_problems, writable_folder_problems
+from brain_gen.training.durable_write import remove_stale_temporaries
 from brain_gen.training.fsdp import durable_fsdp_strategy
 from brain_gen.training.lightning import LitModel
 from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
@@ -295,6 +296,10 @@ class ExperimentDL:
             # pick a version of their own, and Lightning sends them rank zero's folder
             # (trainer.log_dir, the checkpoint folder) once the processes are connected.
             if launched_as_rank_zero():
+                # Writes that a killed process left unfinished under the experiment's folders.
+                removed, freed = remove_stale_temporaries(Path(logger.root_dir))
+                if removed:
+                    log.warning("removed %d unfinished checkpoint write(s) of runs no longer running, freeing %.1f MB", removed, freed / 1e6)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 # "x": a run never overwrites another run's files.
                 with open(run_dir / "config.yaml", "x") as handle:

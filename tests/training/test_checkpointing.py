@@ -440,6 +440,28 @@ def test_resume_from_last_picks_the_newest_complete_checkpoint(tmp_path, tiny_da
     assert resumed.trainer.global_step == 8
 
 
+def test_a_run_start_removes_the_unfinished_writes_of_processes_that_no_longer_run(tmp_path, tiny_dataset, caplog):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK)
+    first = ExperimentDL(config)
+    first.train()
+    folder = run_dir_of(first) / "checkpoints"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    host = durable_write.this_host()
+    stale = [folder / f".last-checkpoint-epoch=5-step=10.ckpt.{host}-{ended}.partial", folder / f".last-checkpoint-epoch=4-step=8.ckpt.{ended}.partial"]
+    for path in stale:
+        path.write_bytes(b"x" * 1_500_000)
+    sharded = folder / f".last-checkpoint-epoch=6-step=12.ckpt.{host}-{ended}.partial"
+    sharded.mkdir()
+    (sharded / "__0_0.distcp").write_bytes(b"x" * 500_000)
+    kept = [folder / f".best-checkpoint.ckpt.{host}-{os.getpid()}.partial", folder / f".best-checkpoint.ckpt.othermachine-{ended}.partial"]
+    for path in kept:
+        path.write_bytes(b"in flight")
+    with caplog.at_level(logging.WARNING, logger="brain_gen"):
+        ExperimentDL(config).train()
+    assert "removed 3 unfinished checkpoint write(s) of runs no longer running, freeing 3.5 MB" in caplog.text
+    assert not any(path.exists() for path in [*stale, sharded]) and all(path.exists() for path in kept)
+
+
 # --------------------------------------------------------------------------- kill -9
 
 
