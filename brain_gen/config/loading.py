@@ -84,6 +84,8 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
     data["save_dir"] = _resolve_path(data.get("save_dir"), base_dir)
     if data.get("resume_from") != "last":
         data["resume_from"] = _resolve_path(data.get("resume_from"), base_dir)
+    if data.get("init_from") is not None:
+        data["init_from"] = _resolve_path(data.get("init_from"), base_dir)
     splitter = data.get("datasplitter")
     if isinstance(splitter, dict):
         roots = splitter.get("dataset_root")

@@ -609,6 +609,11 @@ class ExperimentConfig(Section):
 
     save_dir: str = Field(description="Folder that receives logs, checkpoints and the cache.")
     resume_from: str | None = Field(default=None, description="Checkpoint file to continue training (or testing) from.")
+    init_from: str | None = Field(
+        default=None,
+        description="Start a new training from these weights only (a brain-gen or Lightning .ckpt, or a file holding a "
+        "model's plain state_dict); the optimizer, schedule and epoch start afresh. Not with resume_from.",
+    )
     model_name: str = Field(description="Model class: a built-in name (ChannelGPT, TextGPT, WaveNet, ConvClassifier) or an import path.")
     loss_name: str = Field(description="Loss class: a built-in name (CrossEntropy, MSE) or an import path.")
     model_kwargs: dict[str, Any] = Field(
@@ -665,6 +670,8 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _check_resume_keys(self) -> ExperimentConfig:
+        if self.init_from is not None and self.resume_from is not None:
+            raise ValueError("init_from starts a new training from weights, resume_from continues one; keep only one of them")
         if self.resume_from is None:
             for key in self.lightning.resume_keys_set():
                 raise ValueError(f"lightning.{key} only applies when resuming; set resume_from or remove the key")

@@ -31,6 +31,7 @@ from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.registry import check_arguments, resolve_class
 from brain_gen.config.schema import FSDP_STRATEGIES, ExperimentConfig, LightningConfig, ResumeContextConfig
 from brain_gen.dataset.mixup import sample_problems
+from brain_gen.models import COMPILED_PREFIX
 from brain_gen.training.fsdp import SHARDED_METADATA_FILE, is_sharded_checkpoint
 from brain_gen.training.lightning import scheduler_classes
 
@@ -197,6 +198,107 @@ def checkpoint_file_problems(key: str, path: Path, sharded: bool = False) -> lis
     if not is_torch_archive:
         return [f"{key}: {path} is not a PyTorch checkpoint (or it is truncated); point it at a .ckpt file"]
     return []
+
+
+# --------------------------------------------------------------------------- checkpoint contents
+
+
+def read_checkpoint_safely(path: Path) -> Any | None:
+    """The checkpoint's contents, unpickled as tensors and plain containers only; None if it holds more.
+
+    ``weights_only`` never runs code from the file. A checkpoint with other objects (a
+    user's hyperparameter types) is left to Lightning, which loads it when training starts.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+
+
+def is_lightning_checkpoint(contents: Any) -> bool:
+    return isinstance(contents, dict) and "state_dict" in contents and "pytorch-lightning_version" in contents
+
+
+def model_weights(contents: Any) -> dict[str, torch.Tensor] | None:
+    """The model's weights by parameter name, from a Lightning checkpoint or a plain state_dict; None if neither."""
+    if is_lightning_checkpoint(contents):
+        state = {key.removeprefix("model."): value for key, value in contents["state_dict"].items() if key.startswith("model.")}
+    elif isinstance(contents, dict) and contents and all(
+        torch.is_tensor(value) or str(key).endswith("_extra_state") for key, value in contents.items()  # a module's own extra state
+    ):
+        state = contents
+        if all(key.startswith("model.") for key in state):
+            state = {key.removeprefix("model."): value for key, value in state.items()}
+    else:
+        return None
+    # Saved by tools that compiled the model themselves.
+    return {key.replace(COMPILED_PREFIX, ""): value for key, value in state.items()}
+
+
+def weights_fit_problems(key: str, path: Path, weights: dict[str, torch.Tensor], model: nn.Module, contents: Any, model_kwargs: dict[str, Any]) -> list[str]:
+    """The weights have the parameter names and shapes of ``model``; one line naming what differs."""
+    def shape(value: Any) -> tuple[int, ...] | None:
+        return tuple(value.shape) if torch.is_tensor(value) else None  # extra state has no shape
+
+    expected = {name: shape(value) for name, value in model.state_dict().items()}
+    mismatched = [(name, shape(weights[name]), wanted) for name, wanted in expected.items() if name in weights and shape(weights[name]) != wanted]
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if not (mismatched or missing or unexpected):
+        return []
+    parts = []
+    if mismatched:
+        shown = ", ".join(f"{name} {list(stored or ())} in the file, {list(wanted or ())} in the model" for name, stored, wanted in mismatched[:3])
+        parts.append(f"{len(mismatched)} parameter(s) differ in shape ({shown}{', ...' if len(mismatched) > 3 else ''})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in the model ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
+    stored_config = contents.get("hyper_parameters", {}).get("model_config") if is_lightning_checkpoint(contents) else None
+    differing = ""
+    if isinstance(stored_config, dict):
+        changed = [f"{name} {stored_config.get(name)!r} -> {model_kwargs.get(name)!r}" for name in sorted(set(stored_config) | set(model_kwargs))
+                   if stored_config.get(name) != model_kwargs.get(name)]
+        differing = f"; model_config keys that differ from the checkpoint's: {', '.join(changed)}" if changed else ""
+    return [f"{key}: {path} does not fit the model: {'; '.join(parts)}{differing}"]
+
+
+def resume_checkpoint_problems(path: Path, model: nn.Module, model_name: str, model_kwargs: dict[str, Any], reshapes: bool) -> list[str]:
+    """resume_from holds a Lightning checkpoint of this model (its shapes unless resume_context reshapes it)."""
+    if is_sharded_checkpoint(path):
+        return []  # FSDP reads its shards itself
+    contents = read_checkpoint_safely(path)
+    if contents is None:
+        return []
+    if not is_lightning_checkpoint(contents):
+        if model_weights(contents) is not None:
+            return [f"resume_from: {path} holds a plain state_dict (weights only), not a Lightning checkpoint with the optimizer "
+                    f"and training progress to continue from; to start a new training from these weights, use init_from: {path}"]
+        return [f"resume_from: {path} is a torch.save file but not a Lightning checkpoint (no state_dict, no "
+                "pytorch-lightning_version); point it at a .ckpt that brain-gen or Lightning wrote"]
+    stored_name = (contents.get("hyper_parameters") or {}).get("model_name")
+    if isinstance(stored_name, str) and stored_name != model_name:
+        return [f"resume_from: {path} was written by model_name {stored_name}, not {model_name}; resume with the model it was trained with"]
+    if reshapes:
+        return []  # resume_context changes the model's shapes after the checkpoint is loaded
+    return weights_fit_problems("resume_from", path, model_weights(contents), model, contents, model_kwargs)
+
+
+def init_weights(path: Path, model: nn.Module, model_kwargs: dict[str, Any]) -> list[str]:
+    """Load init_from's weights into ``model``, or the problems that keep them out."""
+    problems = checkpoint_file_problems("init_from", path)
+    if problems:
+        return problems
+    contents = read_checkpoint_safely(path)
+    if contents is None:
+        return [f"init_from: {path} holds objects beyond tensors, which brain-gen does not unpickle; save the model's state_dict alone"]
+    weights = model_weights(contents)
+    if weights is None:
+        return [f"init_from: {path} holds neither a Lightning checkpoint nor a state_dict of tensors"]
+    problems = weights_fit_problems("init_from", path, weights, model, contents, model_kwargs)
+    if not problems:
+        model.load_state_dict(weights)
+    return problems
 
 
 def writable_folder_problems(key: str, path: Path) -> list[str]:

@@ -36,7 +36,16 @@ from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
 from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, Preemption, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
 from brain_gen.training.checkpointing import newest_complete_checkpoint, run_checkpoints
-from brain_gen.training.checks import class_problems, data_fit_problems, model_problems, setup_problems, trainer_setup_problems, writable_folder_problems
+from brain_gen.training.checks import (
+    class_problems,
+    data_fit_problems,
+    init_weights,
+    model_problems,
+    resume_checkpoint_problems,
+    setup_problems,
+    trainer_setup_problems,
+    writable_folder_problems,
+)
 from brain_gen.training.durable_write import remove_stale_temporaries
 from brain_gen.training.fsdp import durable_fsdp_strategy
 from brain_gen.training.lightning import LitModel
@@ -149,7 +158,13 @@ class ExperimentDL:
 
         # Model and loss first: their config mistakes surface before any data is read.
         model = instantiate("model_config", model_class, config.model_kwargs)
-        raise_problems(model_problems(model, config.lightning))
+        problems = model_problems(model, config.lightning)
+        if config.resume_from and config.resume_from != "last":
+            reshapes = config.lightning.resume_context is not None
+            problems += resume_checkpoint_problems(Path(config.resume_from), model, config.model_name, config.model_kwargs, reshapes)
+        if config.init_from:
+            problems += init_weights(Path(config.init_from), model, config.model_kwargs)
+        raise_problems(problems)
         loss = instantiate("loss", loss_class, config.loss)
         self.build_datasets()
         extras, eval_extras = loader_extras(config, loader_class)

@@ -27,7 +27,8 @@ from brain_gen.config.errors import ConfigError
 from brain_gen.training.checkpointing import BackgroundCheckpointIO, CheckpointWriteError
 from brain_gen.training.durable_write import DurableWriter
 from brain_gen.training.train import ExperimentDL
-from tests.conftest import tiny_config
+from brain_gen.cli import main
+from tests.conftest import tiny_config, write_config
 from tests.conftest import scalars
 
 QUICK = {"max_epochs": 3, "limit_train_batches": 2, "limit_val_batches": 1}
@@ -460,6 +461,53 @@ def test_a_run_start_removes_the_unfinished_writes_of_processes_that_no_longer_r
         ExperimentDL(config).train()
     assert "removed 3 unfinished checkpoint write(s) of runs no longer running, freeing 3.5 MB" in caplog.text
     assert not any(path.exists() for path in [*stale, sharded]) and all(path.exists() for path in kept)
+
+
+def test_resuming_from_a_checkpoint_that_does_not_fit_is_one_line_before_any_run_folder(tmp_path, tiny_dataset, capsys):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK)
+    first = ExperimentDL(config)
+    first.train()
+    last = next((run_dir_of(first) / "checkpoints").glob("last-*"))
+    smaller = {**config, "resume_from": str(last), "model_config": {**config["model_config"], "d_model": 16}}
+    assert main(["train", str(write_config(tmp_path, smaller))]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"brain-gen: error: resume_from: {last} does not fit the model: ")
+    assert "parameter(s) differ in shape (" in lines[0] and "[256, 32] in the file, [256, 16] in the model" in lines[0]
+    assert lines[0].endswith("model_config keys that differ from the checkpoint's: d_model 32 -> 16")
+    assert [run.name for run in (tmp_path / "runs" / "logs").iterdir()] == ["version_0"]
+
+    # A plain state_dict, and a torch.save file of something else: each said in one line.
+    weights = tmp_path / "weights.ckpt"
+    torch.save(first.model.state_dict(), weights)
+    assert main(["train", str(write_config(tmp_path, {**config, "resume_from": str(weights)}))]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"brain-gen: error: resume_from: {weights} holds a plain state_dict (weights only), not a Lightning checkpoint with the "
+        f"optimizer and training progress to continue from; to start a new training from these weights, use init_from: {weights}"
+    ]
+    other = tmp_path / "other.ckpt"
+    torch.save({"step": 3}, other)
+    assert main(["train", str(write_config(tmp_path, {**config, "resume_from": str(other)}))]) == 2
+    assert "is a torch.save file but not a Lightning checkpoint" in capsys.readouterr().err
+    assert [run.name for run in (tmp_path / "runs" / "logs").iterdir()] == ["version_0"]
+
+
+@pytest.mark.parametrize("source", ["state_dict", "lightning"])
+def test_init_from_starts_a_new_training_from_the_weights_alone(tmp_path, tiny_dataset, source):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK)
+    first = ExperimentDL(config)
+    first.train()
+    trained = {name: value.clone() for name, value in first.model.state_dict().items() if torch.is_tensor(value)}
+    path = next((run_dir_of(first) / "checkpoints").glob("last-*"))
+    if source == "state_dict":
+        path = tmp_path / "weights.pt"
+        torch.save(first.model.state_dict(), path)
+    second = ExperimentDL({**config, "init_from": str(path)})
+    second.build()
+    assert all(torch.equal(second.model.state_dict()[name], value) for name, value in trained.items())
+    second.train()
+    assert second.trainer.global_step == 6  # a new training: three epochs from step 0
+    with pytest.raises(ConfigError, match="keep only one of them"):
+        ExperimentDL({**config, "init_from": str(path), "resume_from": str(path)})
 
 
 # --------------------------------------------------------------------------- kill -9
