@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from brain_gen.config.errors import BrainGenError, ConfigError, NonFiniteTraining
+from brain_gen.config.errors import BrainGenError, CheckpointWriteError, ConfigError, NonFiniteTraining
 from brain_gen.config.schema import DEFAULT_SPECIAL_TOKENS
 from brain_gen.distributed import TrainingPreempted, launched_as_rank_zero
 from brain_gen.eval.process import start_early, stop_worker
@@ -23,6 +23,8 @@ EXIT_NON_FINITE = 3
 # A run a cluster preempted (SIGTERM, or SLURM's requeue signal) after saving its last-checkpoint:
 # 128 + 15, as if SIGTERM had killed it.
 EXIT_PREEMPTED = 143
+# A checkpoint could not be written (a full disk, a lost mount): the earlier checkpoints are intact.
+EXIT_WRITE_FAILED = 4
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -346,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 print(f"brain-gen: error: {exc}", file=sys.stderr)
                 return EXIT_NON_FINITE
+            except CheckpointWriteError as exc:
+                if args.debug:
+                    raise
+                print(f"brain-gen: error: {exc}; the earlier checkpoints are intact, resume_from: last continues from them", file=sys.stderr)
+                return EXIT_WRITE_FAILED
             except BrainGenError as exc:
                 if args.debug:
                     raise

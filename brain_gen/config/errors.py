@@ -50,5 +50,9 @@ def did_you_mean(name: str, choices, n: int = 1) -> str:
     return f" (did you mean {listed}?)"
 
 
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a lost mount): training stopped, the previous checkpoints are intact."""
+
+
 class NonFiniteTraining(BrainGenError):
     """Training stopped at the first step whose loss or gradients were not finite, before the weights changed."""

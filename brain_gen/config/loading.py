@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from brain_gen.config.errors import ConfigError, did_you_mean
 from brain_gen.config.schema import TRAINER_CUSTOM_KEYS, ExperimentConfig, PrepareConfig, TrainerConfig
+from brain_gen.seeding import derive_seed, draw_seed
 
 # Keys the framework sets itself on pytorch_lightning.Trainer, with what to use instead.
 TRAINER_MANAGED_KEYS = {
@@ -156,7 +157,23 @@ def load_config(
     problems = check_trainer_kwargs(config.trainer.model_extra or {}) if check_trainer else []
     if problems:
         raise ConfigError(problems)
+    resolve_seeds(config)
     return config
+
+
+def resolve_seeds(config: ExperimentConfig) -> None:
+    """Put the seeds in force into the config, so that the run's config.yaml repeats the run.
+
+    ``seed: null`` draws a seed; eval runner seeds left null derive from the run's seed.
+    """
+    if config.seed is None:
+        config.seed = draw_seed()
+    settings = config.eval_runner
+    if settings is not None:
+        if settings.example_sampler.seed is None:
+            settings.example_sampler.seed = derive_seed(config.seed, "eval contexts")
+        if settings.generator.seed is None:
+            settings.generator.seed = derive_seed(config.seed, "eval generation")
 
 
 def _trainer_passthrough(data: dict[str, Any]) -> dict[str, Any]:

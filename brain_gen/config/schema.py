@@ -529,7 +529,9 @@ class SamplingConfig(Section):
 class ExampleSamplerConfig(Section):
     """Which real recordings the evaluation continues: one context per session drawn."""
 
-    seed: Int = Field(default=0, description="Seed of the choice of sessions and of where each context starts.")
+    seed: Int | None = Field(
+        default=None, description="Seed of the choice of sessions and of where each context starts; null: derived from the run's seed."
+    )
     split: Literal["train", "val", "test"] = Field(default="val", description="Split the contexts come from.")
     num_sessions: Int = Field(
         default=4, description="Contexts come from this many sessions (one each, at least two contexts); 0 or less: every session."
@@ -553,7 +555,10 @@ class GeneratorConfig(Section):
     """How continuations are generated with the model's ``forecast``."""
 
     enabled: bool = Field(default=True, description="Generate continuations and compare them with the real ones.")
-    seed: Int = Field(default=0, description="Seed of the torch.Generator that draws codes; the same seed gives the same rollouts.")
+    seed: Int | None = Field(
+        default=None,
+        description="Seed of the torch.Generator that draws codes (the same seed gives the same rollouts); null: derived from the run's seed.",
+    )
     rollouts_per_context: Int = Field(default=1, ge=1, description="Continuations generated from each context.")
     rollout_batch_size: Int = Field(default=4, ge=1, description="Rollouts generated together in one batch.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How each code is drawn (section below).")
@@ -613,6 +618,12 @@ class ExperimentConfig(Section):
         default=None,
         description="Start a new training from these weights only (a brain-gen or Lightning .ckpt, or a file holding a "
         "model's plain state_dict); the optimizer, schedule and epoch start afresh. Not with resume_from.",
+    )
+    seed: Int | None = Field(
+        default=42,
+        description="Seed of the run: weight initialisation, training order, loader workers, MixUp, dropout, token corruption "
+        "and the eval runner's sampling all derive from it, so a run repeats exactly (with trainer.deterministic on GPU). "
+        "null draws a random seed; the seed in force is written to the run's config.yaml either way.",
     )
     model_name: str = Field(description="Model class: a built-in name (ChannelGPT, TextGPT, WaveNet, ConvClassifier) or an import path.")
     loss_name: str = Field(description="Loss class: a built-in name (CrossEntropy, MSE) or an import path.")

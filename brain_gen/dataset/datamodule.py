@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from brain_gen.config.schema import DataLoaderConfig
 from brain_gen.dataset.loaders import make_loader
+from brain_gen.dataset.order import TrainingOrder
 
 
 class BrainDataModule(pl.LightningDataModule):
@@ -24,6 +26,12 @@ class BrainDataModule(pl.LightningDataModule):
         extras: keyword arguments only the loader class understands (the typed options of MixupDataLoader or TextDataLoader).
         eval_extras: replacements in ``extras`` for the val and test loaders
             (MixupDataLoader gets ``mix=False`` there).
+        seed: the run's seed; the training order and its loader workers derive from it.
+        distributed_sampler: False when the Trainer's ``use_distributed_sampler`` is off:
+            every rank then goes through all the training windows.
+
+    The training loader's place in its order is saved in checkpoints, so that a
+    resumed run goes on with the epoch it stopped in, and skips the batches it trained.
     """
 
     def __init__(
@@ -33,6 +41,8 @@ class BrainDataModule(pl.LightningDataModule):
         options: DataLoaderConfig,
         extras: dict[str, Any] | None = None,
         eval_extras: dict[str, Any] | None = None,
+        seed: int = 0,
+        distributed_sampler: bool = True,
     ):
         super().__init__()
         self.datasets = datasets
@@ -41,16 +51,55 @@ class BrainDataModule(pl.LightningDataModule):
         self.extras = dict(extras or {})
         self.eval_extras = dict(eval_extras or {})
         self.batch_size = options.batch_size
+        self.seed = seed
+        self.distributed_sampler = distributed_sampler
+
+    def setup(self, stage: str) -> None:
+        # A seed drawn for `seed: null` differs between processes: rank zero's is the run's.
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self.seed = self.trainer.strategy.broadcast(self.seed, src=0)
 
     def make_loader(self, split: str) -> DataLoader | None:
         """The loader of one split; None when the split has no windows."""
         dataset = self.datasets[split]
         if len(dataset) == 0:
             return None
-        return make_loader(dataset, self.loader_class, self.options, self.batch_size, split == "train", self.extras, self.eval_extras)
+        order = None
+        if split == "train" and not isinstance(dataset, IterableDataset):
+            order = self._training_order(dataset)
+        return make_loader(dataset, self.loader_class, self.options, self.batch_size, split == "train", self.extras, self.eval_extras, order=order)
+
+    def _training_order(self, dataset: Dataset) -> TrainingOrder:
+        trainer = self.trainer
+        shared = trainer is not None and trainer.world_size > 1 and self.distributed_sampler
+        return TrainingOrder(dataset, self.seed, trainer.global_rank if shared else 0, trainer.world_size if shared else 1)
 
     def train_dataloader(self) -> DataLoader:
-        return self.make_loader("train")
+        loader = self.make_loader("train")
+        order = loader.sampler
+        if isinstance(order, TrainingOrder) and self.trainer is not None:
+            # The epoch Lightning is about to give the sampler (set_epoch). It gives it only
+            # after this loader's first iterator is made, and loader workers take their first
+            # indices then: a run resumed at an epoch's end would start with epoch 0's order.
+            order.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+            # Lightning keeps the place of a loader with state_dict / load_state_dict in
+            # every checkpoint, and hands it back on resume before the loader is iterated.
+            loader.state_dict = functools.partial(self._place_in_order, order)
+            loader.load_state_dict = functools.partial(self._resume_order, order)
+        return loader
+
+    def _place_in_order(self, order: TrainingOrder) -> dict[str, Any]:
+        """Where training stands in the training order, for a checkpoint."""
+        trainer = self.trainer
+        # Batches trained in this epoch, counting one whose end a checkpoint is saved at.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": order.epoch, "batches_done": done, "epoch_finished": done >= trainer.num_training_batches}
+
+    def _resume_order(self, order: TrainingOrder, place: dict[str, Any]) -> None:
+        if place["epoch_finished"]:
+            order.resume(place["epoch"] + 1, 0)
+        else:
+            order.resume(place["epoch"], place["batches_done"] * self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         return self.make_loader("val") or []

@@ -61,6 +61,11 @@ class WindowDataset(Dataset):
             self._open_chunks[key] = open_chunk(self.split.sessions[session_index].chunk_path(chunk_index))
         return self._open_chunks[key]
 
+    def locate(self, index: int) -> tuple[str, float]:
+        """(session name, start in seconds from the session's start) of sample ``index``."""
+        session_index, chunk_index, start = (int(v) for v in self.split.windows[index])
+        return self.split.sessions[session_index].name, (self._chunk_starts[session_index][chunk_index] + start) / self.split.sfreq
+
     def read_window(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The window's samples, float32 ``[C, L]``, and which channels are present, bool ``[C]``."""
         session_index, chunk_index, start = (int(v) for v in self.split.windows[index])
@@ -239,6 +244,11 @@ class ChunkDatasetClassification(WindowDataset):
             first, last = self.baseline_span
             window -= window[:, first:last].mean(axis=1, keepdims=True)
         return torch.from_numpy(window), torch.tensor(self.events[index][3], dtype=torch.int64)
+
+    def locate(self, index: int) -> tuple[str, float]:
+        """(session name, start of the event's window in seconds from the session's start) of sample ``index``."""
+        session_index, start, _, _ = self.events[index]
+        return self.split.sessions[session_index].name, start / self.split.sfreq
 
     def describe(self, index: int) -> tuple[str, float, str]:
         """(session name, event onset in seconds, class label) of sample ``index``."""

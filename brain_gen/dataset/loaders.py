@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader, Dataset
 from brain_gen.config.errors import ConfigError
 from brain_gen.config.schema import DataLoaderConfig, ExperimentConfig
 from brain_gen.dataset.mixup import MixupDataLoader
+from brain_gen.dataset.order import TrainingOrder
 from brain_gen.dataset.text import TextDataLoader
+from brain_gen.seeding import derive_seed
 
 # The built-in `dataloader_class` names and their import paths.
 BUILTIN_LOADERS = {
@@ -35,7 +37,7 @@ def loader_extras(config: ExperimentConfig, loader_class: type) -> tuple[dict[st
     if problems:
         raise ConfigError(problems)
     if owner == "MixupDataLoader":
-        return {"options": options.options(owner)}, {"mix": False}
+        return {"options": options.options(owner), "seed": derive_seed(config.seed, "mixup")}, {"mix": False}
     if owner == "TextDataLoader":
         if options.tokenizer_path is None:
             raise ConfigError(f"dataloader.tokenizer_path is required with dataloader_class: {config.dataloader_class}")
@@ -53,12 +55,16 @@ def make_loader(
     extras: dict[str, Any],
     eval_extras: dict[str, Any],
     num_workers: int | None = None,
+    order: TrainingOrder | None = None,
 ) -> DataLoader:
-    """The loader of one split: shuffled and (optionally) dropping its last batch only for training."""
+    """The loader of one split: shuffled and (optionally) dropping its last batch only for training.
+
+    ``order`` shuffles the training loader the same way in every run of a seed (and
+    seeds its workers); without one, torch's RandomSampler shuffles it.
+    """
     workers = options.num_workers if num_workers is None else num_workers
     kwargs: dict[str, Any] = dict(
         batch_size=batch_size,
-        shuffle=training,
         # Only training drops the last partial batch: evaluation must see every window.
         drop_last=options.drop_last and training,
         num_workers=workers,
@@ -67,4 +73,8 @@ def make_loader(
     )
     if workers > 0:
         kwargs["prefetch_factor"] = options.prefetch_factor
+    if training and order is not None:
+        kwargs.update(sampler=order, generator=order.generator)
+    else:
+        kwargs["shuffle"] = training
     return loader_class(dataset, **(extras if training else {**extras, **eval_extras}), **kwargs)

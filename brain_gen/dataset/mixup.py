@@ -100,11 +100,13 @@ class MixupCollate:
         """``options``, or its keys as keywords (``mixup_alpha=0.4``); defaults are MixupOptions'.
 
         The draws (whether to mix, lam, the pairs) come from a stream of this collate's
-        own, made from ``seed`` (default: torch's seed in force when the collate is made,
-        which ``seed_everything`` sets), the process's global rank (default: read from
-        torch.distributed when a process group is up) and the loader worker. So the ranks
-        of a distributed run and the workers of a loader each mix differently, and a
-        seeded run mixes the same way every time.
+        own, made from ``seed`` (default: torch's seed in force when the collate is made),
+        the process's global rank (default: read from torch.distributed when a process
+        group is up) and the loader worker's seed, or, in the loader's own process, the
+        seed of the loader's ``generator`` (``loader_generator``). So the ranks of a
+        distributed run and the workers of a loader each mix differently, and a run whose
+        loader generator is seeded per epoch (brain-gen's training order does that) mixes
+        every epoch the same way, resumed or not.
         """
         self.options = MixupOptions.take(options, keywords)
         if keywords:
@@ -115,17 +117,25 @@ class MixupCollate:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             rank = torch.distributed.get_rank() if distributed else 0
         self.rank = rank
+        self.loader_generator: torch.Generator | None = None
         self._stream: tuple[Any, np.random.Generator] | None = None
         self._checked = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Loader workers key their draws on their own seed, never on the loader's generator.
+        return {**self.__dict__, "loader_generator": None, "_stream": None}
 
     def random(self) -> np.random.Generator:
         """The random stream of this rank, in this process (the loader's own, or one of its workers)."""
         worker = get_worker_info()
         # A worker's seed is drawn afresh for every epoch's workers (unless they persist), from
-        # the loader's random state, so each epoch's workers mix differently and reproducibly.
-        owner = (worker.id, worker.seed) if worker is not None else None
+        # the loader's generator, so each epoch's workers mix differently and reproducibly.
+        if worker is not None:
+            owner: Any = (worker.id, worker.seed)
+        else:
+            owner = None if self.loader_generator is None else self.loader_generator.initial_seed()
         if self._stream is None or self._stream[0] != owner:
-            entropy = [self.seed, self.rank] + ([worker.seed] if worker is not None else [])
+            entropy = [self.seed, self.rank] + ([worker.seed] if worker is not None else [] if owner is None else [owner])
             self._stream = (owner, np.random.default_rng(entropy))
         return self._stream[1]
 
@@ -188,11 +198,13 @@ class MixupDataLoader(DataLoader):
             blended into probabilities; with ``quantize``, inputs are divided by
             ``max_val`` after mixing and mu-law encoded with ``mu`` into int64 codes.
         mix: False for validation and test loaders: same quantization, no mixing.
+        seed: where the mixing draws come from (see :class:`MixupCollate`).
         **kwargs: any torch DataLoader argument (batch_size, shuffle, num_workers, ...).
     """
 
-    def __init__(self, dataset, options: MixupOptions | None = None, mix: bool = True, **kwargs: Any):
+    def __init__(self, dataset, options: MixupOptions | None = None, mix: bool = True, seed: int | None = None, **kwargs: Any):
         if "collate_fn" in kwargs:
             raise ValueError("MixupDataLoader makes its own collate_fn")
-        self.mixup = MixupCollate(MixupOptions.take(options, kwargs), mix)
+        self.mixup = MixupCollate(MixupOptions.take(options, kwargs), mix, seed)
         super().__init__(dataset, collate_fn=self.mixup, **kwargs)
+        self.mixup.loader_generator = self.generator

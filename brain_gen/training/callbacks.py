@@ -21,6 +21,7 @@ from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
 from brain_gen.config.registry import check_arguments, import_object
 from brain_gen.config.schema import EarlyStoppingConfig
 from brain_gen.distributed import TrainingPreempted
+from brain_gen.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def batch_size_finder(init_val: int, cap: int | None) -> BatchSizeFinder | None:
 class LogBatchSize(pl.Callback):
     """Logs the batch size training really uses (after any search) as ``batch_size``."""
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         size = getattr(trainer.datamodule, "batch_size", None)
         if size is None or trainer.logger is None:
             return
@@ -131,8 +132,60 @@ class LogBatchSize(pl.Callback):
         log.info("training with batch_size=%d", size)
 
 
+class SeedEachBatch(pl.Callback):
+    """Seeds torch's random state before every training batch, from the run's seed and the batch's place.
+
+    Dropout and token corruption draw from torch's global random state. Seeded from
+    (seed, epoch, batch index, rank) before each batch, those draws depend on where a
+    batch is in the run and on nothing that happened before, so a run resumed at any
+    step draws what the uninterrupted run drew. The state the process had before
+    fitting (CPU, and this rank's GPU) is put back when fitting ends.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._batch_seeds = 0
+        self._saved: tuple[torch.device, torch.Tensor, torch.Tensor | None] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # A seed drawn for `seed: null` differs between processes: rank zero's is the run's.
+        if trainer.world_size > 1:
+            self.seed = trainer.strategy.broadcast(self.seed, src=0)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        self._saved = (device, torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        self._batch_seeds = derive_seed(self.seed, "training batches", trainer.global_rank)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        seed = (self._batch_seeds + trainer.current_epoch * 2**32 + batch_idx) % 2**63
+        torch.random.default_generator.manual_seed(seed)
+        if pl_module.device.type == "cuda":
+            torch.cuda.manual_seed(seed)  # this rank's device only
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._saved is None:
+            return
+        device, cpu_state, device_state = self._saved
+        self._saved = None
+        torch.set_rng_state(cpu_state)
+        if device_state is not None:
+            torch.cuda.set_rng_state(device_state, device)
+
+
 class _SignalWhileTraining(pl.Callback):
-    """Handles signals while training runs, then puts the previous handlers back."""
+    """Handles signals while training runs, then puts the previous handlers back.
+
+    Handlers go in at on_train_start, after Lightning has put in its own (after
+    on_fit_start): Lightning notes every handler in force then and puts them all back
+    when it tears down, which would bring back a handler of ours installed before.
+    """
 
     def __init__(self):
         self._previous_handlers: dict[int, Any] = {}
@@ -152,7 +205,7 @@ class _SignalWhileTraining(pl.Callback):
                 signal.signal(signum, handler)
         self._previous_handlers = {}
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -217,8 +270,14 @@ class Preemption(_SignalWhileTraining):
         self._requeue_signal: signal.Signals | None = None
         self._lightning_requeue_handler: Any = None
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.signals_received, self.stop_signal = set(), None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning's own SIGTERM handler would also raise its SIGTERMException at a batch
+        # end, before this callback's check: ours replaces it.
+        if trainer.received_sigterm:  # a notice that came while validation was checked first
+            self.signals_received.add(signal.SIGTERM)
 
         def stop_after_this_step(signum, frame):
             if not self.signals_received:

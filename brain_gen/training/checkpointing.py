@@ -38,15 +38,12 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 
+from brain_gen.config.errors import CheckpointWriteError
 from brain_gen.memory import empty_page_aligned
 from brain_gen.training.durable_write import DurableWriter
 from brain_gen.training.fsdp import is_sharded_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointWriteError(RuntimeError):
-    """Writing a checkpoint in the background failed."""
 
 
 def snapshot(value: Any, reuse: Any = None) -> Any:
@@ -313,7 +310,8 @@ class CheckpointWriteMonitor(pl.Callback):
         self._finish_writes("training stopped")
         # Not a point every rank reaches: no agreement, only rank zero's own account.
         error = self.checkpoint_io.take_failed_write()
-        if error is not None:
+        # A stop for a failed write already says so (once): a second failed write adds nothing.
+        if error is not None and not isinstance(exception, CheckpointWriteError):
             log.error("%s", failure_message(error))
 
     def _finish_writes(self, moment: str) -> None:

@@ -20,6 +20,7 @@ from torch.optim import lr_scheduler as torch_schedulers
 
 from brain_gen.config.errors import ConfigError, NonFiniteTraining
 from brain_gen.config.schema import LightningConfig
+from brain_gen.dataset.order import TrainingOrder
 from brain_gen.models import COMPILED_PREFIX, call_model
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ class LitModel(pl.LightningModule):
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             return
-        where = f"at step {self.trainer.global_step} (epoch {self.trainer.current_epoch}, batch {self._batch_index} of the epoch)"
+        where = f"at step {self.trainer.global_step} (epoch {self.trainer.current_epoch}, batch {self._batch_index} of the epoch{self._batch_windows()})"
         if not bool(torch.isfinite(loss)):
             what = f"train/loss is {float(loss)}"
         elif check_gradients and not bool(torch.isfinite(grad_norm)):
@@ -311,6 +312,17 @@ class LitModel(pl.LightningModule):
             "so resume_from: last continues from the last finite state (lower lightning.lr, or check the data); "
             "trainer.stop_on_non_finite: false trains on regardless"
         )
+
+    def _batch_windows(self, listed: int = 6) -> str:
+        """``: windows SESSION at T s, ...`` of the batch in training, where its loader and dataset can say."""
+        loader = self.trainer.train_dataloader
+        order, dataset = getattr(loader, "sampler", None), getattr(loader, "dataset", None)
+        if not isinstance(order, TrainingOrder) or not hasattr(dataset, "locate"):
+            return ""
+        places = [dataset.locate(index) for index in order.batch_indices(order.epoch, self._batch_index, loader.batch_size)]
+        shown = ", ".join(f"{session} at {start:.2f} s" for session, start in places[:listed])
+        more = f" and {len(places) - listed} more" if len(places) > listed else ""
+        return f": windows {shown}{more}"
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.config.benchmark_train_step:

@@ -34,7 +34,17 @@ from brain_gen.eval.process import WorkerProcess
 from brain_gen.eval.runner import EvalRunner
 from brain_gen.losses import LOSSES
 from brain_gen.models import MODELS
-from brain_gen.training.callbacks import GracefulInterrupt, LogBatchSize, Preemption, batch_size_finder, cpu_batch_size_cap, early_stopping, user_callbacks
+from brain_gen.seeding import derive_seed
+from brain_gen.training.callbacks import (
+    GracefulInterrupt,
+    LogBatchSize,
+    Preemption,
+    SeedEachBatch,
+    batch_size_finder,
+    cpu_batch_size_cap,
+    early_stopping,
+    user_callbacks,
+)
 from brain_gen.training.checkpointing import newest_complete_checkpoint, run_checkpoints
 from brain_gen.training.checks import (
     class_problems,
@@ -157,7 +167,10 @@ class ExperimentDL:
         loss_class = resolve_class("loss_name", config.loss_name, LOSSES)
 
         # Model and loss first: their config mistakes surface before any data is read.
-        model = instantiate("model_config", model_class, config.model_kwargs)
+        # The initial weights come from the run's seed, without touching torch's own random state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config.seed, "weights"))
+            model = instantiate("model_config", model_class, config.model_kwargs)
         problems = model_problems(model, config.lightning)
         if config.resume_from and config.resume_from != "last":
             reshapes = config.lightning.resume_context is not None
@@ -168,7 +181,15 @@ class ExperimentDL:
         loss = instantiate("loss", loss_class, config.loss)
         self.build_datasets()
         extras, eval_extras = loader_extras(config, loader_class)
-        self.datamodule = BrainDataModule(self.datasets, loader_class, config.dataloader, extras, eval_extras)
+        self.datamodule = BrainDataModule(
+            self.datasets,
+            loader_class,
+            config.dataloader,
+            extras,
+            eval_extras,
+            seed=config.seed,
+            distributed_sampler=config.trainer.lightning_kwargs.get("use_distributed_sampler", True) is not False,
+        )
         train_loader = self.datamodule.make_loader("train")
         resume_context = config.lightning.resume_context if config.resume_from else None
         raise_problems(data_fit_problems(model, self.datasets["train"], train_loader, resume_context))
@@ -483,7 +504,7 @@ def run_callbacks(
     stopping = early_stopping(trainer_config.early_stopping)
     if stopping is not None:
         callbacks.append(stopping)
-    callbacks.extend([LogBatchSize(), PerformanceMonitor(), GracefulInterrupt(), Preemption(save_on_preemption)])
+    callbacks.extend([SeedEachBatch(config.seed), LogBatchSize(), PerformanceMonitor(), GracefulInterrupt(), Preemption(save_on_preemption)])
     if test_dataset is not None:
         callbacks.append(TestReport(test_dataset))
     return callbacks + list(user), checkpoint_io

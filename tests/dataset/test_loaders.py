@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from brain_gen.cli import main
 from brain_gen.config.errors import ConfigError, DataError
 from brain_gen.dataset.mixup import MixupCollate, MixupDataLoader, mix_pairs, stack_batch
 from brain_gen.dataset.mulaw import mu_law_encode
+from brain_gen.dataset.order import TrainingOrder
 from brain_gen.dataset.text import CODE_CHAR_OFFSET, ChannelGroups, TextCollate
 from brain_gen.training.train import ExperimentDL
 from tests.conftest import text_changes, tiny_config
@@ -35,7 +36,9 @@ def test_train_shuffles_and_evaluation_keeps_order_and_every_window(tmp_path, ti
     config = tiny_config(tmp_path / "runs", tiny_dataset, dataloader={"batch_size": 7, "drop_last": True, "prefetch_factor": None})
     experiment = ExperimentDL(config)
     train, val, test = (experiment.dataloader(name) for name in ("train", "val", "test"))
-    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    # Training goes through the seeded order, a permutation of every window.
+    assert isinstance(train.sampler, TrainingOrder) and train.drop_last
+    assert sorted(train.sampler) == list(range(len(train.dataset)))
     for loader in (val, test):
         assert isinstance(loader.sampler, SequentialSampler) and not loader.drop_last
         assert sum(len(batch[1]) for batch in loader) == len(loader.dataset)

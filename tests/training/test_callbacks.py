@@ -194,7 +194,8 @@ def test_run_callbacks_are_assembled_once_from_config_folder_and_validation(tmp_
     with_validation, checkpoint_io = run_callbacks(config, [mine], tmp_path / "run", has_validation=True, test_dataset=[])
     assert [c.monitor for c in with_validation[:2]] == ["val/loss", None]
     assert names(with_validation)[2:] == [
-        "FinalCheckpoint", "CheckpointWriteMonitor", "EarlyStopping", "LogBatchSize", "PerformanceMonitor", "GracefulInterrupt", "Preemption", "TestReport", "Mine",
+        "FinalCheckpoint", "CheckpointWriteMonitor", "EarlyStopping", "SeedEachBatch", "LogBatchSize", "PerformanceMonitor", "GracefulInterrupt", "Preemption",
+        "TestReport", "Mine",
     ]
     assert with_validation[-1] is mine and type(checkpoint_io).__name__ == "BackgroundCheckpointIO"
     # Without validation there is no best-checkpoint to keep: only the last one is written.

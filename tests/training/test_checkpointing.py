@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-import yaml
 
 import brain_gen.training.checkpointing as checkpointing
 import brain_gen.training.durable_write as durable_write
@@ -513,45 +512,98 @@ def test_init_from_starts_a_new_training_from_the_weights_alone(tmp_path, tiny_d
 # --------------------------------------------------------------------------- kill -9
 
 
-KILL_TRIALS = 6
+KILL_TRIALS = 20
+
+
+def _train_command(argv: list[str]) -> None:
+    """A training subprocess's whole life: the CLI, then the process ends."""
+    sys.exit(main(argv))
+
+
+def _wait_for(path: Path, process, timeout: float = 120.0) -> bool:
+    """Wait until ``path`` exists; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not process.is_alive() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_never_leaves_an_unloadable_checkpoint(tmp_path, tiny_dataset):
+def test_kill_9_at_random_moments_and_during_writes_never_leaves_an_unloadable_checkpoint(tmp_path, tiny_dataset):
+    import multiprocessing
+
+    markers = tmp_path / "markers"
     config = tiny_config(
         tmp_path / "runs",
         tiny_dataset,
-        model_config={"vocab_size": 256, "num_channels": 4, "d_model": 256, "n_layers": 4, "n_heads": 4, "max_position_embeddings": 64},
+        model_config={"vocab_size": 256, "num_channels": 4, "d_model": 128, "n_layers": 2, "n_heads": 4, "max_position_embeddings": 64},
         trainer={"max_epochs": 1000, "limit_train_batches": 1, "limit_val_batches": 1, "num_sanity_val_steps": 0},
     )
-    path = tmp_path / "kill.yaml"
-    path.write_text(yaml.safe_dump(config))
-    command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(path)]
+    # Every checkpoint takes about a second to write, through the real writer, and says when it starts.
+    probe = {"class_path": "tests.user_classes:KillProbe", "init_args": {"marker_dir": str(markers), "write_seconds": 1.0}}
+    killed = write_config(tmp_path, {**config, "trainer": {**config["trainer"], "callbacks": [probe]}})
+    # Training processes come from a fork server that has imported everything once: a
+    # trial then starts in a second or two instead of the command's 5-12 s of imports.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["brain_gen.cli", "pytorch_lightning", "tests.user_classes"])
     rng = random.Random(7)
-    for _ in range(KILL_TRIALS):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        # Wait for training to start (start-up takes 4-12 s, by how busy the machine is), then
-        # kill the command at a random moment of training, when a write may be under way.
-        for line in process.stdout:
-            if "training with batch_size" in line:
-                break
-        time.sleep(rng.uniform(0.5, 4.0))
+    for trial in range(KILL_TRIALS):
+        markers.mkdir(exist_ok=True)
+        for marker in markers.iterdir():
+            marker.unlink()
+        left_before = sorted((tmp_path / "runs").rglob("*.partial"))
+        process = context.Process(target=_train_command, args=(["train", str(killed)],))
+        process.start()
+        assert _wait_for(markers / "started", process), f"trial {trial}: training did not start (exit {process.exitcode})"
+        # What the killed processes left is gone by the time a new run trains.
+        assert not any(path.exists() for path in left_before), f"trial {trial}: stale temporary files survived a start"
+        aimed = trial % 2 == 0
+        if aimed:
+            # A moment inside a write, which takes about a second.
+            assert _wait_for(markers / "write-1", process), f"trial {trial}: no checkpoint write began"
+            time.sleep(rng.uniform(0.05, 0.8))
+        else:
+            time.sleep(rng.uniform(0.1, 3.0))
         os.kill(process.pid, signal.SIGKILL)
-        process.stdout.close()
-        process.wait()
+        process.join()
+        if aimed:  # the kill landed inside the write: its temporary file is left behind
+            assert list((tmp_path / "runs").rglob("*.partial")), f"trial {trial}: the kill missed the write"
+
     found = sorted((tmp_path / "runs").rglob("*.ckpt"))
     assert found, "no checkpoint was written before the kills"
+    newest = 0
     for checkpoint in found:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         assert {"state_dict", "optimizer_states", "loops", "global_step"} <= set(state)
-    # Each surviving file also resumes: one more epoch from it.
-    for checkpoint in found:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        again = {**config, "save_dir": str(tmp_path / "resumed"), "resume_from": str(checkpoint)}
-        again["trainer"] = {**config["trainer"], "max_epochs": state["epoch"] + 2}
-        experiment = ExperimentDL(again)
-        experiment.train()
-        assert experiment.trainer.global_step > state["global_step"]
+        newest = max(newest, state["epoch"])
+    # resume_from: last finishes the run, and its start removed every unfinished write.
+    again = {**config, "resume_from": "last", "trainer": {**config["trainer"], "max_epochs": newest + 2}}
+    assert main(["train", str(write_config(tmp_path, again))]) == 0
+    assert not list((tmp_path / "runs").rglob("*.partial"))
+    resumed = max((tmp_path / "runs" / "logs").iterdir(), key=lambda run: int(run.name.split("_")[1]))
+    assert sorted(path.name for path in (resumed / "checkpoints").glob("last-*")) == [f"last-checkpoint-epoch={newest + 1}-step={newest + 2}.ckpt"]
+
+
+def test_a_full_disk_stops_training_with_one_line_and_keeps_the_previous_checkpoint(tmp_path, tiny_dataset, capsys):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer={"max_epochs": 5, "limit_train_batches": 2, "limit_val_batches": 1})
+    # Epoch 0 writes its best- and last-checkpoint; the disk fills up during epoch 1's first write.
+    config["trainer"]["callbacks"] = [{"class_path": "tests.user_classes:DiskFillsUp", "init_args": {"after_writes": 2}}]
+    assert main(["train", str(write_config(tmp_path, config))]) == 4
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "brain-gen: error: writing a checkpoint failed: [Errno 28] No space left on device; "
+        "the earlier checkpoints are intact, resume_from: last continues from them"
+    ], errors
+    folder = tmp_path / "runs" / "logs" / "version_0" / "checkpoints"
+    assert sorted(path.name for path in folder.iterdir()) == ["best-checkpoint-epoch=0-step=2.ckpt", "last-checkpoint-epoch=0-step=2.ckpt"]
+    for path in folder.iterdir():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert state["global_step"] == 2 and all(torch.isfinite(value).all() for value in state["state_dict"].values() if torch.is_tensor(value))
+    # The last-checkpoint before the full disk resumes.
+    again = {**config, "resume_from": "last", "trainer": {**config["trainer"], "max_epochs": 2, "callbacks": []}}
+    assert main(["train", str(write_config(tmp_path, again))]) == 0
 
 
 def test_only_the_last_checkpoint_callbacks_files_count_as_its_writes(tmp_path):

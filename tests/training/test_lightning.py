@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -419,7 +420,7 @@ def non_finite_config(tmp_path: Path, tiny_dataset: Path, kind: str, **trainer) 
         datasplitter={"dataset_class": "ChunkDatasetContinuous", "dataset_kwargs": {}},
         trainer={"max_epochs": 4, "limit_train_batches": 3, "limit_val_batches": 1, **trainer},
     )
-    config["model_config"] = {"num_channels": 4, "at_call": 8, "kind": kind}
+    config["model_config"] = {"num_channels": 4, "at_call": 8, "kind": kind, "record_to": str(tmp_path / "bad_batch.pt")}
     return config
 
 
@@ -428,7 +429,18 @@ def test_a_non_finite_step_stops_training_before_it_is_applied_or_saved(tmp_path
     assert main(["train", str(write_config(tmp_path, non_finite_config(tmp_path, tiny_dataset, kind)))]) == 3
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brain-gen: error:")]
     assert len(errors) == 1 and reported in errors[0], errors
-    assert "at step 7 (epoch 2, batch 1 of the epoch)" in errors[0] and "trainer.stop_on_non_finite: false" in errors[0]
+    assert "at step 7 (epoch 2, batch 1 of the epoch: windows " in errors[0] and "trainer.stop_on_non_finite: false" in errors[0]
+    # The windows named are the batch's: each one's samples are a row of the inputs the model got.
+    named = re.findall(r"(\S+) at (\d+\.\d\d) s", errors[0].split("windows ", 1)[1])
+    assert len(named) == 6 and "and 2 more" in errors[0]
+    dataset = ExperimentDL(non_finite_config(tmp_path, tiny_dataset, kind))
+    dataset.build_datasets()
+    train = dataset.datasets["train"]
+    where = {(session, f"{start:.2f}"): index for index in range(len(train)) for session, start in [train.locate(index)]}
+    inputs = torch.load(tmp_path / "bad_batch.pt")
+    for session, start in named:
+        window = train[where[(session, start)]][0]
+        assert any(torch.equal(window, row) for row in inputs), (session, start)
     # The last-checkpoint of epoch 1 stays the newest, with finite weights: resume_from: last continues from it.
     last = list((tmp_path / "runs" / "logs" / "version_0" / "checkpoints").glob("last-*"))
     assert [path.name for path in last] == ["last-checkpoint-epoch=1-step=6.ckpt"]

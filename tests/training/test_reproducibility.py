@@ -1,0 +1,148 @@
+"""Seeded runs repeat exactly, and a resumed run repeats the uninterrupted one bit for bit."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from brain_gen.cli import main
+from brain_gen.training.train import ExperimentDL
+from tests.conftest import scalars, tiny_config, with_changes, write_config
+
+# Four short epochs of four batches; dropout and token corruption make the model draw
+# from torch's random state at every step, so a stream that is not carried shows.
+QUICK = {"max_epochs": 4, "limit_train_batches": 4, "limit_val_batches": 2}
+RANDOM_MODEL = {"dropout": 0.2, "token_corruption_cfg": {"enabled": True, "p": 0.1}}
+
+
+def _config(tmp_path: Path, dataset: Path, name: str, **changes) -> dict:
+    config = tiny_config(tmp_path / name, dataset, trainer=dict(QUICK))
+    config["model_config"].update(RANDOM_MODEL)
+    return with_changes(config, **changes)
+
+
+def _train(config: dict, **trainer) -> tuple[dict[str, list[tuple[int, float]]], dict[str, torch.Tensor]]:
+    config = with_changes(yaml.safe_load(yaml.safe_dump(config)), trainer=trainer) if trainer else config
+    experiment = ExperimentDL(config)
+    fitted = experiment.train()
+    weights = {name: value.detach().clone() for name, value in experiment.model.state_dict().items() if torch.is_tensor(value)}
+    return scalars(Path(fitted.logger.log_dir)), weights
+
+
+def _assert_same_weights(one: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> None:
+    assert one.keys() == other.keys()
+    different = [name for name in one if not torch.equal(one[name], other[name])]
+    assert not different, f"weights differ: {different[:3]}"
+
+
+def _stop_and_resume(tmp_path: Path, config: dict, stop: dict) -> tuple[dict, dict]:
+    """Train with ``stop`` trainer settings, then resume from the last-checkpoint to the end."""
+    _train(config, **stop)
+    return _train({**config, "resume_from": "last"})
+
+
+def _losses(run_scalars: dict, after_step: int = -1) -> list[tuple[int, float]]:
+    return [(step, value) for step, value in run_scalars["train/loss"] if step > after_step]
+
+
+MIXUP = {
+    "dataloader_class": "MixupDataLoader",
+    "datasplitter": {"dataset_class": "ChunkDatasetContinuous", "dataset_kwargs": {"target": "codes", "mu": 255, "max_val": 4.0}},
+    "dataloader": {"batch_size": 8, "mixup_alpha": 0.4, "num_classes": 256, "quantize": True, "max_val": 4.0},
+}
+WARMUP_COSINE = {
+    "lightning": {
+        "lr": 3.0e-3,
+        "weight_decay": 0.01,
+        "lr_warmup": {"steps": 3, "interval": "step"},
+        "lr_scheduler": {"class_name": "CosineAnnealingLR", "interval": "step", "T_max": 16},
+    }
+}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param({}, id="plain"),
+        pytest.param(WARMUP_COSINE, id="warmup-cosine-per-step"),
+        pytest.param(MIXUP, id="mixup"),
+        pytest.param({"dataloader": {"batch_size": 8, "num_workers": 2}}, id="two-workers"),
+    ],
+)
+def test_two_epochs_then_a_resume_repeat_four_epochs_bit_for_bit(tmp_path, tiny_dataset, variant):
+    straight_scalars, straight_weights = _train(_config(tmp_path, tiny_dataset, "straight", **variant))
+    resumed_scalars, resumed_weights = _stop_and_resume(tmp_path, _config(tmp_path, tiny_dataset, "resumed", **variant), {"max_epochs": 2})
+    # Steps 8..15 are trained after the resume: every loss and lr is the same number.
+    assert _losses(resumed_scalars) == _losses(straight_scalars, after_step=7)
+    assert [step for step, _ in _losses(resumed_scalars)][0] == 8
+    assert resumed_scalars["lr"] == [entry for entry in straight_scalars["lr"] if entry[0] > 7]
+    _assert_same_weights(straight_weights, resumed_weights)
+
+
+class StopAtStep(pl.Callback):
+    """Sends this process SIGTERM after training step ``step``: a cluster's notice mid-epoch."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["main-process", "two-workers"])
+def test_a_run_preempted_inside_an_epoch_resumes_exactly(tmp_path, tiny_dataset, workers):
+    from brain_gen.distributed import TrainingPreempted
+
+    loader = {"dataloader": {"batch_size": 8, "num_workers": workers}}
+    straight_scalars, straight_weights = _train(_config(tmp_path, tiny_dataset, "straight", **loader))
+    config = _config(tmp_path, tiny_dataset, "resumed", **loader)
+    stopped = with_changes(yaml.safe_load(yaml.safe_dump(config)), trainer={"callbacks": [StopAtStep(5)]})
+    with pytest.raises(TrainingPreempted) as preempted:
+        ExperimentDL(stopped).train()
+    # The notice comes at the end of step 5; training stops after the next, in the middle of the second epoch.
+    assert preempted.value.step == 6
+    resumed_scalars, resumed_weights = _train({**config, "resume_from": "last"})
+    # Scalars are logged at the step count before the batch's own step: 6 is the seventh batch.
+    assert _losses(resumed_scalars) == _losses(straight_scalars, after_step=5)
+    _assert_same_weights(straight_weights, resumed_weights)
+
+
+def test_the_same_seed_repeats_a_run_and_another_seed_does_not(tmp_path, tiny_dataset):
+    first_scalars, first = _train(_config(tmp_path, tiny_dataset, "first", trainer={"max_epochs": 1}))
+    second_scalars, second = _train(_config(tmp_path, tiny_dataset, "second", trainer={"max_epochs": 1}))
+    assert first_scalars["train/loss"] == second_scalars["train/loss"]
+    _assert_same_weights(first, second)
+    _, other = _train(_config(tmp_path, tiny_dataset, "other", seed=7, trainer={"max_epochs": 1}))
+    assert any(not torch.equal(first[name], other[name]) for name in first)
+
+
+def test_seed_null_draws_a_seed_and_the_runs_config_yaml_repeats_the_run(tmp_path, tiny_dataset, capsys):
+    config = _config(tmp_path, tiny_dataset, "drawn", seed=None, trainer={"max_epochs": 1})
+    assert main(["train", str(write_config(tmp_path, config))]) == 0
+    first_run = tmp_path / "drawn" / "logs" / "version_0"
+    saved = yaml.safe_load((first_run / "config.yaml").read_text())
+    assert isinstance(saved["seed"], int)
+    # The eval runner's own seeds, left null, are written as the ones derived from it.
+    assert main(["train", str(first_run / "config.yaml")]) == 0
+    second_run = tmp_path / "drawn" / "logs" / "version_1"
+    assert yaml.safe_load((second_run / "config.yaml").read_text())["seed"] == saved["seed"]
+    assert scalars(first_run)["train/loss"] == scalars(second_run)["train/loss"]
+    # Another null draws another seed.
+    assert main(["train", str(write_config(tmp_path, config))]) == 0
+    assert yaml.safe_load((tmp_path / "drawn" / "logs" / "version_2" / "config.yaml").read_text())["seed"] != saved["seed"]
+    capsys.readouterr()
+
+
+def test_training_leaves_torchs_random_state_as_it_found_it(tmp_path, tiny_dataset):
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    _train(_config(tmp_path, tiny_dataset, "state", trainer={"max_epochs": 1}))
+    assert torch.equal(torch.rand(3), expected)
