@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import logging
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from collections.abc import Mapping
@@ -203,16 +204,25 @@ def checkpoint_file_problems(key: str, path: Path, sharded: bool = False) -> lis
 # --------------------------------------------------------------------------- checkpoint contents
 
 
-def read_checkpoint_safely(path: Path) -> Any | None:
-    """The checkpoint's contents, unpickled as tensors and plain containers only; None if it holds more.
+# What is said of a file that holds more than tensors and plain data.
+PICKLED_OBJECTS = (
+    "holds pickled objects beyond tensors and plain data, which brain-gen does not unpickle (unpickling can run "
+    "any code); use a checkpoint brain-gen wrote, or save the model's state_dict alone"
+)
 
-    ``weights_only`` never runs code from the file. A checkpoint with other objects (a
-    user's hyperparameter types) is left to Lightning, which loads it when training starts.
+
+def read_checkpoint_safely(path: Path) -> Any | None:
+    """The checkpoint's contents, unpickled as tensors and plain containers only; None if unreadable.
+
+    ``weights_only`` never runs code from the file. One that holds other objects (a
+    class or function to import) raises pickle.UnpicklingError.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise
     except Exception:
-        return None
+        return None  # a torn or foreign file: the file checks say what is wrong with it
 
 
 def is_lightning_checkpoint(contents: Any) -> bool:
@@ -267,7 +277,10 @@ def resume_checkpoint_problems(path: Path, model: nn.Module, model_name: str, mo
     """resume_from holds a Lightning checkpoint of this model (its shapes unless resume_context reshapes it)."""
     if is_sharded_checkpoint(path):
         return []  # FSDP reads its shards itself
-    contents = read_checkpoint_safely(path)
+    try:
+        contents = read_checkpoint_safely(path)
+    except pickle.UnpicklingError:
+        return [f"resume_from: {path} {PICKLED_OBJECTS}"]
     if contents is None:
         return []
     if not is_lightning_checkpoint(contents):
@@ -289,9 +302,12 @@ def init_weights(path: Path, model: nn.Module, model_kwargs: dict[str, Any]) -> 
     problems = checkpoint_file_problems("init_from", path)
     if problems:
         return problems
-    contents = read_checkpoint_safely(path)
+    try:
+        contents = read_checkpoint_safely(path)
+    except pickle.UnpicklingError:
+        return [f"init_from: {path} {PICKLED_OBJECTS}"]
     if contents is None:
-        return [f"init_from: {path} holds objects beyond tensors, which brain-gen does not unpickle; save the model's state_dict alone"]
+        return [f"init_from: {path} cannot be read as a torch.save file; point it at a .ckpt or a saved state_dict"]
     weights = model_weights(contents)
     if weights is None:
         return [f"init_from: {path} holds neither a Lightning checkpoint nor a state_dict of tensors"]

@@ -375,11 +375,12 @@ class ExperimentDL:
             if self.config.trainer.validate_before_resume and self.config.resume_from:
                 log.info("validating the restored weights of %s before training resumes", self.config.resume_from)
                 with self.lit_model.resume_validation():
-                    trainer.validate(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
+                    trainer.validate(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from, weights_only=True)
             # Added only now, so that the validation pass above does not search too.
             self._add_batch_size_finder(trainer)
             try:
-                trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from)
+                # weights_only: a checkpoint is read as tensors and plain data, never as code to run.
+                trainer.fit(self.lit_model, datamodule=self.datamodule, ckpt_path=self.config.resume_from, weights_only=True)
             except TrainingPreempted as preempted:
                 # The last-checkpoint is on disk: now SLURM's requeue, where the notice asked for it.
                 preemption = next(callback for callback in trainer.callbacks if isinstance(callback, Preemption))
@@ -425,7 +426,7 @@ class ExperimentDL:
         trainer = self.trainer if trained else self._start_run()
         if len(self.datasets["test"]) == 0:
             raise ConfigError("datasplitter.test_ratio: the test split has no windows; raise test_ratio or add data")
-        return trainer.test(self.lit_model, datamodule=self.datamodule, ckpt_path=checkpoint)
+        return trainer.test(self.lit_model, datamodule=self.datamodule, ckpt_path=checkpoint, weights_only=True)
 
     def train_text_tokenizer(
         self,

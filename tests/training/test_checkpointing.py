@@ -490,6 +490,31 @@ def test_resuming_from_a_checkpoint_that_does_not_fit_is_one_line_before_any_run
     assert [run.name for run in (tmp_path / "runs" / "logs").iterdir()] == ["version_0"]
 
 
+class RunsCode:
+    """A pickle payload: unpickling it would create ``marker`` (a stand-in for any code)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("key", ["resume_from", "init_from"])
+def test_a_checkpoint_holding_pickled_code_is_refused_without_running_it(tmp_path, tiny_dataset, capsys, key):
+    config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK)
+    marker = tmp_path / "the payload ran"
+    booby_trapped = tmp_path / "trapped.ckpt"
+    # A checkpoint like Lightning's in every other way: weights, version, progress.
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.0", "hyper_parameters": RunsCode(marker)}, booby_trapped)
+    assert main(["train", str(write_config(tmp_path, {**config, key: str(booby_trapped)}))]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"brain-gen: error: {key}: {booby_trapped} holds pickled objects beyond tensors and plain data, which brain-gen does "
+        "not unpickle (unpickling can run any code); use a checkpoint brain-gen wrote, or save the model's state_dict alone"
+    ]
+    assert not marker.exists() and not (tmp_path / "runs" / "logs").exists()
+
+
 @pytest.mark.parametrize("source", ["state_dict", "lightning"])
 def test_init_from_starts_a_new_training_from_the_weights_alone(tmp_path, tiny_dataset, source):
     config = tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK)

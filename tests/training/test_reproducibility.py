@@ -146,3 +146,18 @@ def test_training_leaves_torchs_random_state_as_it_found_it(tmp_path, tiny_datas
     torch.manual_seed(1234)
     _train(_config(tmp_path, tiny_dataset, "state", trainer={"max_epochs": 1}))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_eval_runners_seeds_derive_from_the_runs_seed_unless_given(tmp_path, tiny_dataset):
+    from brain_gen.config.loading import load_config
+    from brain_gen.seeding import derive_seed
+
+    def seeds(**changes) -> tuple[int, int]:
+        settings = load_config(tiny_config(tmp_path, tiny_dataset, eval_runner={"enabled": True}, **changes)).eval_runner
+        return settings.example_sampler.seed, settings.generator.seed
+
+    assert seeds() == (derive_seed(42, "eval contexts"), derive_seed(42, "eval generation"))
+    assert seeds(seed=7) == (derive_seed(7, "eval contexts"), derive_seed(7, "eval generation")) != seeds()
+    given = {"enabled": True, "example_sampler": {"seed": 3}, "generator": {"seed": 4}}
+    settings = load_config(tiny_config(tmp_path, tiny_dataset, seed=7, eval_runner=given)).eval_runner
+    assert (settings.example_sampler.seed, settings.generator.seed) == (3, 4)
