@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,19 @@ def _split_location(loc: tuple, data: Any) -> tuple[list[str], list[str]]:
     return keys, tags
 
 
+def _keyed_line(dotted: str, fields: list[str], line: str) -> str:
+    """A section validator's sentence, led by the full dotted key of the field it starts with.
+
+    "overlap_seconds (1.0) must be smaller ..." in section datasplitter reads
+    "datasplitter.overlap_seconds (1.0) must be smaller ...": searchable, and
+    naming the key to change. Other sentences get the section's key in front.
+    """
+    first_word = re.match(r"[A-Za-z_]\w*", line)
+    if first_word is not None and first_word[0] in fields:
+        return f"{dotted}.{line}" if dotted else line
+    return f"{dotted}: {line}" if dotted else line
+
+
 def describe_validation_errors(exc: ValidationError, data: dict[str, Any], root: type[BaseModel]) -> list[str]:
     """One short sentence per problem, each starting with the dotted key it concerns."""
     grouped: dict[str, dict[str, Any]] = {}
@@ -297,7 +311,9 @@ def describe_validation_errors(exc: ValidationError, data: dict[str, Any], root:
             messages.append(f"{prefix}required key is missing")
         elif first["type"] in ("value_error", "assertion_error"):
             # A validator that finds several problems puts each on its own line.
-            messages.extend(prefix + line for line in first["msg"].removeprefix("Value error, ").splitlines())
+            section = _model_at(root, group["keys"])
+            fields = _field_keys(section) if section is not None else []
+            messages.extend(_keyed_line(dotted, fields, line) for line in first["msg"].removeprefix("Value error, ").splitlines())
         elif len(group["errors"]) > 1 and group["tags"]:
             expected = " or ".join(group["tags"])
             messages.append(f"{prefix}expected {expected}, got {first['input']!r}")
