@@ -169,6 +169,7 @@ def resolve_seeds(config: ExperimentConfig) -> None:
     """
     if config.seed is None:
         config.seed = draw_seed()
+        config._seed_drawn = True
     settings = config.eval_runner
     if settings is not None:
         if settings.example_sampler.seed is None:
@@ -321,6 +322,18 @@ def describe_validation_errors(exc: ValidationError, data: dict[str, Any], root:
             message = first["msg"][:1].lower() + first["msg"][1:]
             messages.append(f"{prefix}{message}, got {first['input']!r}")
     return messages
+
+
+def adopt_seed(config: ExperimentConfig, seed: int) -> None:
+    """Put ``seed`` in place of a drawn one, and eval runner seeds derived from it (resuming with ``seed: null``)."""
+    drawn, config.seed = config.seed, seed
+    settings = config.eval_runner
+    if settings is not None:
+        if settings.example_sampler.seed == derive_seed(drawn, "eval contexts"):
+            settings.example_sampler.seed = derive_seed(seed, "eval contexts")
+        if settings.generator.seed == derive_seed(drawn, "eval generation"):
+            settings.generator.seed = derive_seed(seed, "eval generation")
+    config._seed_drawn = False
 
 
 # --------------------------------------------------------------------------- trainer pass-through

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 def _reject_bool(value: Any) -> Any:
@@ -652,6 +652,8 @@ class ExperimentConfig(Section):
 
     # `model_config` is a pydantic reserved name, hence the alias above.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # True when `seed: null` had this process draw the seed (brain_gen.config.loading.resolve_seeds).
+    _seed_drawn: bool = PrivateAttr(default=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,6 +12,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from brain_gen.config.schema import DataLoaderConfig
 from brain_gen.dataset.loaders import make_loader
 from brain_gen.dataset.order import TrainingOrder
+
+log = logging.getLogger(__name__)
 
 
 class BrainDataModule(pl.LightningDataModule):
@@ -53,6 +56,8 @@ class BrainDataModule(pl.LightningDataModule):
         self.batch_size = options.batch_size
         self.seed = seed
         self.distributed_sampler = distributed_sampler
+        # Set when resuming a run whose batch size a search chose: the checkpoint's size is kept.
+        self.keep_checkpoint_batch_size = False
 
     def setup(self, stage: str) -> None:
         # A seed drawn for `seed: null` differs between processes: rank zero's is the run's.
@@ -67,7 +72,9 @@ class BrainDataModule(pl.LightningDataModule):
         order = None
         if split == "train" and not isinstance(dataset, IterableDataset):
             order = self._training_order(dataset)
-        return make_loader(dataset, self.loader_class, self.options, self.batch_size, split == "train", self.extras, self.eval_extras, order=order)
+        # A loader that draws (MixupDataLoader) draws from the run's seed, as the ranks agreed on it.
+        extras = {**self.extras, "seed": self.seed} if "seed" in self.extras else self.extras
+        return make_loader(dataset, self.loader_class, self.options, self.batch_size, split == "train", extras, self.eval_extras, order=order)
 
     def _training_order(self, dataset: Dataset) -> TrainingOrder:
         trainer = self.trainer
@@ -93,13 +100,34 @@ class BrainDataModule(pl.LightningDataModule):
         trainer = self.trainer
         # Batches trained in this epoch, counting one whose end a checkpoint is saved at.
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": order.epoch, "batches_done": done, "epoch_finished": done >= trainer.num_training_batches}
+        return {
+            "epoch": order.epoch,
+            "epoch_finished": done >= trainer.num_training_batches,
+            "windows_done": done * self.batch_size,  # of this rank's share
+            "seed": order.seed,
+            "world_size": order.num_replicas,
+        }
 
     def _resume_order(self, order: TrainingOrder, place: dict[str, Any]) -> None:
         if place["epoch_finished"]:
             order.resume(place["epoch"] + 1, 0)
-        else:
-            order.resume(place["epoch"], place["batches_done"] * self.batch_size)
+            return
+        if (place.get("seed"), place.get("world_size")) != (order.seed, order.num_replicas):
+            log.warning(
+                "resuming inside epoch %d with seed %s on %d process(es), where the checkpoint was trained with seed %s on %s: "
+                "the rest of this epoch follows another order, so the run is not an exact continuation "
+                "(resume with seed: %s and the same processes to continue exactly)",
+                place["epoch"], order.seed, order.num_replicas, place.get("seed"), place.get("world_size"), place.get("seed"),
+            )
+        order.resume(place["epoch"], place["windows_done"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The batch size trained with: a resumed run keeps it instead of searching again."""
+        return {"batch_size": self.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.keep_checkpoint_batch_size and "batch_size" in state_dict:
+            self.batch_size = int(state_dict["batch_size"])
 
     def val_dataloader(self) -> DataLoader | list:
         return self.make_loader("val") or []

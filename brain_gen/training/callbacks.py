@@ -122,9 +122,9 @@ def batch_size_finder(init_val: int, cap: int | None) -> BatchSizeFinder | None:
 
 
 class LogBatchSize(pl.Callback):
-    """Logs the batch size training really uses (after any search) as ``batch_size``."""
+    """Logs the batch size training really uses (after any search, or restored by a resume) as ``batch_size``."""
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         size = getattr(trainer.datamodule, "batch_size", None)
         if size is None or trainer.logger is None:
             return
@@ -148,12 +148,13 @@ class SeedEachBatch(pl.Callback):
         self._saved: tuple[torch.device, torch.Tensor, torch.Tensor | None] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
         # A seed drawn for `seed: null` differs between processes: rank zero's is the run's.
         if trainer.world_size > 1:
             self.seed = trainer.strategy.broadcast(self.seed, src=0)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        device = pl_module.device
+        # Taken here, before a batch-size search runs its trial steps (at on_fit_start).
+        device = trainer.strategy.root_device
         self._saved = (device, torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
         self._batch_seeds = derive_seed(self.seed, "training batches", trainer.global_rank)
 
@@ -189,6 +190,7 @@ class _SignalWhileTraining(pl.Callback):
 
     def __init__(self):
         self._previous_handlers: dict[int, Any] = {}
+        self._installed: dict[int, Any] = {}
 
     def _install(self, signum: int, handle) -> Any:
         """Handle ``signum`` with ``handle``; returns the handler it replaces (None off the main thread)."""
@@ -196,14 +198,17 @@ class _SignalWhileTraining(pl.Callback):
             return None  # signal handlers can only be set from the main thread
         previous = signal.getsignal(signum)
         self._previous_handlers.setdefault(signum, previous)
+        self._installed[signum] = handle
         signal.signal(signum, handle)
         return previous
 
     def _restore(self) -> None:
         for signum, handler in self._previous_handlers.items():
-            if handler is not None:
+            # Only while ours is in force: when fitting ends normally, Lightning has already
+            # put back the handlers of before the run, and ours would bring back Lightning's.
+            if handler is not None and signal.getsignal(signum) is self._installed.get(signum):
                 signal.signal(signum, handler)
-        self._previous_handlers = {}
+        self._previous_handlers, self._installed = {}, {}
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
-from brain_gen.config.loading import check_trainer_kwargs, load_config
+from brain_gen.config.loading import adopt_seed, check_trainer_kwargs, load_config
 from brain_gen.config.pending import pending_features
 from brain_gen.config.registry import instantiate, resolve_class
 from brain_gen.config.schema import FSDP_STRATEGIES, ExperimentConfig
@@ -51,6 +52,7 @@ from brain_gen.training.checks import (
     data_fit_problems,
     init_weights,
     model_problems,
+    read_checkpoint_safely,
     resume_checkpoint_problems,
     setup_problems,
     trainer_setup_problems,
@@ -112,6 +114,8 @@ class ExperimentDL:
             else:
                 log.info("resume_from: last is %s", newest)
                 self.config.resume_from = str(newest)
+        if self.config._seed_drawn and self.config.resume_from and not problems:
+            self._continue_with_checkpoint_seed(Path(self.config.resume_from))
         # Every problem the config alone shows, reported together before anything is read.
         problems += setup_problems(self.config, check_trainer)
         problems += class_problems([
@@ -137,6 +141,17 @@ class ExperimentDL:
         self.model: torch.nn.Module | None = None
         self.lit_model: LitModel | None = None
         self.trainer: pl.Trainer | None = None
+
+    def _continue_with_checkpoint_seed(self, checkpoint: Path) -> None:
+        """``seed: null`` while resuming: the seed the checkpoint was trained with, so the run continues exactly."""
+        try:
+            contents = read_checkpoint_safely(checkpoint) if checkpoint.is_file() else None
+        except pickle.UnpicklingError:
+            return  # refused with its own line by the checks before training
+        trained_with = ((contents or {}).get("hyper_parameters") or {}).get("seed") if isinstance(contents, dict) else None
+        if isinstance(trained_with, int):
+            adopt_seed(self.config, trained_with)
+            log.info("seed: null while resuming: continuing with the checkpoint's seed %d", trained_with)
 
     # ----------------------------------------------------------------- building
 
@@ -168,8 +183,9 @@ class ExperimentDL:
 
         # Model and loss first: their config mistakes surface before any data is read.
         # The initial weights come from the run's seed, without touching torch's own random state.
+        # (torch.manual_seed would also seed every GPU, outside what fork_rng puts back.)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(config.seed, "weights"))
+            torch.random.default_generator.manual_seed(derive_seed(config.seed, "weights"))
             model = instantiate("model_config", model_class, config.model_kwargs)
         problems = model_problems(model, config.lightning)
         if config.resume_from and config.resume_from != "last":
@@ -287,15 +303,19 @@ class ExperimentDL:
         if isinstance(trainer.strategy, ParallelStrategy):
             log.warning("notice: trainer.tune_batch_size skipped: Lightning cannot search batch sizes under a distributed strategy")
             return
-        cap = None
+        if isinstance(trainer.accelerator, CPUAccelerator) and not config.explicitly_set("tune_batch_size"):
+            log.warning(
+                "notice: trainer.tune_batch_size skipped on CPU (running out of host memory kills the process); "
+                "training with dataloader.batch_size=%d; set tune_batch_size: true to search within a safe bound",
+                batch_size,
+            )
+            return
+        if self.config.resume_from:
+            # A searched size is the checkpoint's: another would change what every later step sees.
+            self.datamodule.keep_checkpoint_batch_size = True
+            log.warning("notice: trainer.tune_batch_size: resuming, so the batch size %s was trained with is kept (no search)", self.config.resume_from)
+            return
         if isinstance(trainer.accelerator, CPUAccelerator):
-            if not config.explicitly_set("tune_batch_size"):
-                log.warning(
-                    "notice: trainer.tune_batch_size skipped on CPU (running out of host memory kills the process); "
-                    "training with dataloader.batch_size=%d; set tune_batch_size: true to search within a safe bound",
-                    batch_size,
-                )
-                return
             dataset = self.datasets["train"]
             trial = [dataset[index] for index in range(min(2, len(dataset)))]
             batch = self.datamodule.make_loader("train").collate_fn(trial)

@@ -23,7 +23,7 @@ import torch
 import brain_gen.training.checkpointing as checkpointing
 import brain_gen.training.durable_write as durable_write
 from brain_gen.config.errors import ConfigError
-from brain_gen.training.checkpointing import BackgroundCheckpointIO, CheckpointWriteError
+from brain_gen.training.checkpointing import BackgroundCheckpointIO, CheckpointWriteError, newest_complete_checkpoint
 from brain_gen.training.durable_write import DurableWriter
 from brain_gen.training.train import ExperimentDL
 from brain_gen.cli import main
@@ -555,8 +555,18 @@ def _wait_for(path: Path, process, timeout: float = 120.0) -> bool:
     return True
 
 
+def _wait_for_partial(runs: Path, process, timeout: float = 60.0) -> bool:
+    """Wait until a temporary checkpoint file of ``process`` exists; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while not any(runs.rglob(f"*-{process.pid}.partial")):
+        if not process.is_alive() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 @pytest.mark.slow
-def test_kill_9_at_random_moments_and_during_writes_never_leaves_an_unloadable_checkpoint(tmp_path, tiny_dataset):
+def test_kill_9_at_random_moments_and_during_writes_never_leaves_an_unloadable_checkpoint(tmp_path, tiny_dataset, capsys):
     import multiprocessing
 
     markers = tmp_path / "markers"
@@ -568,7 +578,12 @@ def test_kill_9_at_random_moments_and_during_writes_never_leaves_an_unloadable_c
     )
     # Every checkpoint takes about a second to write, through the real writer, and says when it starts.
     probe = {"class_path": "tests.user_classes:KillProbe", "init_args": {"marker_dir": str(markers), "write_seconds": 1.0}}
-    killed = write_config(tmp_path, {**config, "trainer": {**config["trainer"], "callbacks": [probe]}})
+    killed = {**config, "trainer": {**config["trainer"], "callbacks": [probe]}}
+    # Each trial is the job started again, as a requeued job is: it resumes once a last-checkpoint exists.
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "again").mkdir()
+    fresh = write_config(tmp_path / "fresh", killed)
+    again_after_kill = write_config(tmp_path / "again", {**killed, "resume_from": "last"})
     # Training processes come from a fork server that has imported everything once: a
     # trial then starts in a second or two instead of the command's 5-12 s of imports.
     context = multiprocessing.get_context("forkserver")
@@ -579,18 +594,22 @@ def test_kill_9_at_random_moments_and_during_writes_never_leaves_an_unloadable_c
         for marker in markers.iterdir():
             marker.unlink()
         left_before = sorted((tmp_path / "runs").rglob("*.partial"))
-        process = context.Process(target=_train_command, args=(["train", str(killed)],))
+        command = again_after_kill if newest_complete_checkpoint(tmp_path / "runs") is not None else fresh
+        process = context.Process(target=_train_command, args=(["train", str(command)],))
         process.start()
         assert _wait_for(markers / "started", process), f"trial {trial}: training did not start (exit {process.exitcode})"
         # What the killed processes left is gone by the time a new run trains.
         assert not any(path.exists() for path in left_before), f"trial {trial}: stale temporary files survived a start"
         aimed = trial % 2 == 0
         if aimed:
-            # A moment inside a write, which takes about a second.
-            assert _wait_for(markers / "write-1", process), f"trial {trial}: no checkpoint write began"
-            time.sleep(rng.uniform(0.05, 0.8))
+            # Inside a write, which takes about a second from the moment its temporary file appears:
+            # the first of the run (a best-checkpoint), or the third (after a complete last-checkpoint).
+            write = markers / ("write-1" if trial % 4 == 0 else "write-3")
+            assert _wait_for(write, process), f"trial {trial}: no checkpoint write began"
+            assert _wait_for_partial(tmp_path / "runs", process), f"trial {trial}: no temporary file appeared"
+            time.sleep(rng.uniform(0.0, 0.5))
         else:
-            time.sleep(rng.uniform(0.1, 3.0))
+            time.sleep(rng.uniform(0.5, 4.0))
         os.kill(process.pid, signal.SIGKILL)
         process.join()
         if aimed:  # the kill landed inside the write: its temporary file is left behind
@@ -603,9 +622,11 @@ def test_kill_9_at_random_moments_and_during_writes_never_leaves_an_unloadable_c
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         assert {"state_dict", "optimizer_states", "loops", "global_step"} <= set(state)
         newest = max(newest, state["epoch"])
+    assert newest_complete_checkpoint(tmp_path / "runs") is not None
     # resume_from: last finishes the run, and its start removed every unfinished write.
     again = {**config, "resume_from": "last", "trainer": {**config["trainer"], "max_epochs": newest + 2}}
-    assert main(["train", str(write_config(tmp_path, again))]) == 0
+    capsys.readouterr()
+    assert main(["train", str(write_config(tmp_path, again))]) == 0, capsys.readouterr().err
     assert not list((tmp_path / "runs").rglob("*.partial"))
     resumed = max((tmp_path / "runs" / "logs").iterdir(), key=lambda run: int(run.name.split("_")[1]))
     assert sorted(path.name for path in (resumed / "checkpoints").glob("last-*")) == [f"last-checkpoint-epoch={newest + 1}-step={newest + 2}.ckpt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 from pathlib import Path
@@ -161,3 +162,39 @@ def test_the_eval_runners_seeds_derive_from_the_runs_seed_unless_given(tmp_path,
     given = {"enabled": True, "example_sampler": {"seed": 3}, "generator": {"seed": 4}}
     settings = load_config(tiny_config(tmp_path, tiny_dataset, seed=7, eval_runner=given)).eval_runner
     assert (settings.example_sampler.seed, settings.generator.seed) == (3, 4)
+
+
+def test_resuming_with_seed_null_continues_with_the_checkpoints_seed(tmp_path, tiny_dataset):
+    drawn = _config(tmp_path, tiny_dataset, "drawn", seed=None)
+    _train(drawn, max_epochs=2)
+    trained_with = yaml.safe_load((tmp_path / "drawn" / "logs" / "version_0" / "config.yaml").read_text())["seed"]
+    straight_scalars, straight_weights = _train(_config(tmp_path, tiny_dataset, "straight", seed=trained_with))
+    resumed = ExperimentDL({**drawn, "resume_from": "last"})
+    assert resumed.config.seed == trained_with
+    fitted = resumed.train()
+    assert _losses(scalars(Path(fitted.logger.log_dir))) == _losses(straight_scalars, after_step=7)
+    _assert_same_weights(straight_weights, {name: value for name, value in resumed.model.state_dict().items() if torch.is_tensor(value)})
+    assert yaml.safe_load((Path(fitted.logger.log_dir) / "config.yaml").read_text())["seed"] == trained_with
+
+
+def test_fitting_puts_back_the_signal_handlers_it_found(tmp_path, tiny_dataset):
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    _train(_config(tmp_path, tiny_dataset, "handlers", trainer={"max_epochs": 1}))
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_a_resumed_run_keeps_the_batch_size_a_search_chose(tmp_path, tiny_dataset):
+    from pytorch_lightning.callbacks import BatchSizeFinder
+
+    config = _config(tmp_path, tiny_dataset, "searched", trainer={"max_epochs": 1})
+    _train(config)
+    last = next((tmp_path / "searched" / "logs" / "version_0" / "checkpoints").glob("last-*"))
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["BrainDataModule"] == {"batch_size": 8}
+    state["BrainDataModule"]["batch_size"] = 5  # as if a search had chosen 5
+    torch.save(state, last)
+    resumed = ExperimentDL(with_changes(copy.deepcopy(config), resume_from=str(last), trainer={"max_epochs": 2, "tune_batch_size": True}))
+    fitted = resumed.train()
+    assert not any(isinstance(callback, BatchSizeFinder) for callback in fitted.callbacks)
+    assert [value for _, value in scalars(Path(fitted.logger.log_dir))["batch_size"]] == [5.0]
+    assert fitted.train_dataloader.batch_size == 5
