@@ -341,3 +341,21 @@ def test_a_bad_input_is_one_line_per_problem_and_changes_nothing(case, workspace
         assert line.startswith("brain-gen") and "error" in line and name in line, (name, line)
     assert folder_digest(previous_run) == before
     assert sorted(path.name for path in (workspace.runs / "logs").iterdir()) == runs_before
+
+
+def test_the_installed_command_reports_as_main_does(workspace, tmp_path):
+    """The same checks through the `brain-gen` executable itself, in a process of its own."""
+    import subprocess
+    import sys
+
+    config = tiny_config(workspace.runs, workspace.dataset, trainer={"max_epochs": "ten"})
+    config["dataloader"]["batch_size"] = 0
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    before = folder_digest(workspace.runs / "logs" / "version_0")
+    command = [str(Path(sys.executable).with_name("brain-gen")), "train", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and "dataloader.batch_size" in lines[0] and "trainer.max_epochs" in lines[1], lines
+    assert folder_digest(workspace.runs / "logs" / "version_0") == before
