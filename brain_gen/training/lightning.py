@@ -22,6 +22,7 @@ from brain_gen.config.errors import ConfigError, NonFiniteTraining
 from brain_gen.config.schema import LightningConfig
 from brain_gen.dataset.order import TrainingOrder
 from brain_gen.models import COMPILED_PREFIX, call_model
+from brain_gen.training.performance import logs_written_this_step
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class LitModel(pl.LightningModule):
         stop_on_non_finite: raise NonFiniteTraining at the first training step whose loss
             or gradient norm is not finite, before the optimizer step (``trainer.stop_on_non_finite``).
 
-    Logged every optimizer step (written at the Trainer's ``log_every_n_steps``):
-    ``lr`` and ``weight_decay`` of the decay group, ``grad_norm`` (total L2 norm of the
+    Logged at the optimizer steps the logger writes (``log_every_n_steps``), and at an
+    epoch's last batch: ``lr`` and ``weight_decay`` of the decay group, ``grad_norm`` (total L2 norm of the
     gradients before clipping) and ``grad_clip_pct`` (running share of steps whose
     ``grad_norm`` exceeded ``grad_clip_threshold``, in percent).
     """
@@ -81,6 +82,9 @@ class LitModel(pl.LightningModule):
     ):
         super().__init__()
         self.stop_on_non_finite = stop_on_non_finite
+        # Per-step metrics something reads at every step (a scheduler's or early stopping's
+        # monitor): logged at every step, whatever log_every_n_steps says.
+        self.monitored: set[str] = set()
         self._train_loss: torch.Tensor | None = None
         self._batch_index = 0
         self.model = model
@@ -113,14 +117,29 @@ class LitModel(pl.LightningModule):
         inputs, targets = batch
         outputs = self(inputs)
         loss = self.loss_fn(outputs, targets, model=self.model)
-        # Training logs every step; val and test log epoch means, reduced over devices.
+        # Training logs per step, on the steps the logger writes; val and test log epoch
+        # means, reduced over devices.
         per_step = stage == "train"
         log_options = dict(on_step=per_step, on_epoch=not per_step, sync_dist=not per_step, batch_size=len(targets))
-        self.log(f"{stage}/loss", loss, prog_bar=True, **log_options)
+        if not per_step or self._logs_now(f"{stage}/loss"):
+            self.log(f"{stage}/loss", loss, prog_bar=True, **log_options)
         with torch.no_grad():
             for name, metric in getattr(self.loss_fn, "metrics", {}).items():
-                self.log(f"{stage}/{name}", metric(outputs.detach(), targets), **log_options)
+                if not per_step or self._logs_now(f"{stage}/{name}"):
+                    self.log(f"{stage}/{name}", metric(outputs.detach(), targets), **log_options)
         return outputs, loss
+
+    def _logs_now(self, name: str) -> bool:
+        """Whether per-step value ``name`` is computed and logged at this training step.
+
+        Only on the steps the logger writes (``log_every_n_steps``): a value logged on
+        other steps would cost its computation and Lightning's bookkeeping (about a
+        millisecond each) and never be written. Also on an epoch's last batch, so that
+        what is read at the epoch's end is that batch's value, and at every step for the
+        metrics a scheduler or early stopping reads (``monitored``).
+        """
+        trainer = self.trainer
+        return name in self.monitored or logs_written_this_step(trainer) or trainer.is_last_batch
 
     def trial_step(self, batch: Any) -> tuple[Any, torch.Tensor]:
         """Outputs and loss of one batch in eval mode without gradients (and without compiling), to check fit."""
@@ -266,7 +285,9 @@ class LitModel(pl.LightningModule):
         group = optimizer.param_groups[0]
         # Filled on the device: logging a Python float would copy it over and wait for the GPU.
         for name in ("lr", "weight_decay"):
-            self.log(name, torch.full((), float(group[name]), device=self.device), on_step=True, on_epoch=False)
+            if self._logs_now(name):
+                self.log(name, torch.full((), float(group[name]), device=self.device), on_step=True, on_epoch=False)
+        # Every step: the finiteness check and the clipping share count need it.
         gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = total_norm(gradients) if gradients else None
         if self.stop_on_non_finite:
@@ -278,8 +299,10 @@ class LitModel(pl.LightningModule):
         # Counted on the device: no host sync here, only when the logger reads the value.
         self._steps_over_threshold += (grad_norm > self.config.grad_clip_threshold).float()
         self._steps_seen += 1
-        self.log("grad_norm", grad_norm, on_step=True, on_epoch=False)
-        self.log("grad_clip_pct", self._steps_over_threshold * (100.0 / self._steps_seen), on_step=True, on_epoch=False)
+        if self._logs_now("grad_norm"):
+            self.log("grad_norm", grad_norm, on_step=True, on_epoch=False)
+        if self._logs_now("grad_clip_pct"):
+            self.log("grad_clip_pct", self._steps_over_threshold * (100.0 / self._steps_seen), on_step=True, on_epoch=False)
 
     def _stop_if_not_finite(self, grad_norm: torch.Tensor | None) -> None:
         """Raise NonFiniteTraining when this step's loss or gradient norm is NaN or infinite.

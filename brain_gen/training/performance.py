@@ -30,6 +30,16 @@ def tokens_of(batch: Any) -> int | torch.Tensor:
     return inputs.numel()
 
 
+def logs_written_this_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning writes this training step's logs (every ``log_every_n_steps``, and when stopping).
+
+    Lightning's own decision, read from its logger connector: it holds from the
+    step's start (``on_train_batch_start``) to its end, so values computed only on
+    these steps are exactly the ones the logger writes.
+    """
+    return trainer._logger_connector.should_update_logs
+
+
 class PerformanceMonitor(pl.Callback):
     """Logs ``perf/*`` throughput at every training step Lightning writes logs for (``log_every_n_steps``).
 
@@ -75,7 +85,7 @@ class PerformanceMonitor(pl.Callback):
         self._tokens = self._tokens + tokens_of(batch)
         self._last_batch_end = now
         # Log exactly when Lightning writes this step's logs, so perf/* shares their steps.
-        if not trainer._logger_connector.should_update_logs:
+        if not logs_written_this_step(trainer):
             return
         elapsed = max(now - self._window_started, 1e-9)
         tokens = float(self._tokens)  # the one read of a device count, once per log

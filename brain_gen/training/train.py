@@ -235,15 +235,21 @@ class ExperimentDL:
                 self.eval_runner.generates = not notices
 
     def _check_monitors(self) -> None:
-        """Every metric a config key monitors must be one the run logs, checked before training."""
+        """Every metric a config key monitors must be one the run logs, checked before training.
+
+        The monitored metrics are logged at every step, whatever log_every_n_steps says.
+        """
         problems = []
         scheduler = self.config.lightning.lr_scheduler
+        stopping = self.config.trainer.early_stopping
+        monitors = [scheduler.monitor if scheduler is not None else None, stopping.monitor if stopping is not None else None]
+        monitors += [getattr(callback, "monitor", None) for callback in self.user_callbacks]
+        self.lit_model.monitored = {monitor for monitor in monitors if isinstance(monitor, str)}
         if scheduler is not None and scheduler.monitor is not None:
             # A per-step schedule reads its monitor after every step, when only training metrics exist.
             per_step = self.config.lightning.schedule_interval == "step"
             when = "is not logged at every step (interval: step)" if per_step else "is never logged"
             problems += self._monitor_problems("lightning.lr_scheduler.monitor", scheduler.monitor, self.has_validation and not per_step, when)
-        stopping = self.config.trainer.early_stopping
         if stopping is not None:
             # Checked at the end of the training epoch, before that epoch's validation has run.
             at_train_end = stopping.check_on_train_epoch_end

@@ -198,3 +198,13 @@ def test_a_resumed_run_keeps_the_batch_size_a_search_chose(tmp_path, tiny_datase
     assert not any(isinstance(callback, BatchSizeFinder) for callback in fitted.callbacks)
     assert [value for _, value in scalars(Path(fitted.logger.log_dir))["batch_size"]] == [5.0]
     assert fitted.train_dataloader.batch_size == 5
+
+
+def test_a_sparser_log_cadence_writes_the_same_values_at_its_steps(tmp_path, tiny_dataset):
+    # Values are computed only on the steps the logger writes: seeded, both runs train alike.
+    every, _ = _train(_config(tmp_path, tiny_dataset, "every", trainer={"max_epochs": 3, "log_every_n_steps": 1}))
+    third, _ = _train(_config(tmp_path, tiny_dataset, "third", trainer={"max_epochs": 3, "log_every_n_steps": 3}))
+    for tag in ("train/loss", "train/accuracy", "train/f1", "train/perplexity", "lr", "weight_decay", "grad_norm", "grad_clip_pct"):
+        dense, sparse = dict(every[tag]), dict(third[tag])
+        assert sorted(sparse) == [2, 5, 8, 11], (tag, sorted(sparse))
+        assert all(dense[step] == value for step, value in sparse.items()), tag

@@ -1,0 +1,142 @@
+"""The framework's cost per training step at small (GPU-sized) steps, in lock-step.
+
+Sides, each a process of its own with one torch thread, taking turns step by step
+(benchmarks/lockstep.py), all on the same data and model (a small ChannelGPT whose
+step takes a few ms on this CPU), batch 8, AdamW, gradient clipping at 1.0:
+
+- ``hand``: a hand-written loop: DataLoader, forward, loss, backward, clipping, step;
+- ``lightning``: bare Lightning: the same in a LightningModule, no logger, callbacks or bar;
+- ``brain_gen_1`` and ``brain_gen_50``: ``ExperimentDL`` with a user's defaults
+  (progress bar, TensorBoard, the spec's per-step telemetry, checkpoints, warmup +
+  cosine per step) at ``log_every_n_steps`` 1 and 50.
+
+Printed: the median of the step-by-step ratios against the hand-written loop, and
+brain-gen's extra milliseconds per step over bare Lightning (median of the
+step-by-step differences). Targets: at most 1.0 ms at log_every_n_steps 1, 0.3 ms at 50.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.lockstep import Turns, median_difference_ms, median_ratio, run_in_lockstep
+
+WARMUP, STEPS = 30, 200
+BATCH = 8
+TARGETS_MS = {"brain_gen_1": 1.0, "brain_gen_50": 0.3}
+
+
+def config(save_dir: Path, data: Path, log_every: int) -> dict[str, Any]:
+    return {
+        "save_dir": str(save_dir),
+        "model_name": "ChannelGPT",
+        "loss_name": "CrossEntropy",
+        "model_config": {"vocab_size": 256, "num_channels": 4, "d_model": 32, "n_layers": 1, "n_heads": 2, "max_position_embeddings": 64},
+        "datasplitter": {"dataset_root": str(data), "example_seconds": 1.0, "val_ratio": 0.1, "test_ratio": 0.1, "dataset_kwargs": {"max_val": 4.0}},
+        "dataloader": {"batch_size": BATCH},
+        "lightning": {
+            "lr": 1e-3,
+            "weight_decay": 0.01,
+            "lr_warmup": {"steps": 20, "interval": "step"},
+            "lr_scheduler": {"class_name": "CosineAnnealingLR", "interval": "step", "T_max": 1000},
+        },
+        "trainer": {
+            "max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": log_every, "num_sanity_val_steps": 0,
+            "gradient_clip_val": 1.0,
+        },
+    }
+
+
+def _parts(data: Path, save_dir: Path):
+    """The model, loss and training dataset every side uses, built as brain-gen builds them."""
+    from brain_gen.training.train import ExperimentDL
+
+    experiment = ExperimentDL(config(save_dir, data, 1))
+    experiment.build()
+    return experiment.model, experiment.lit_model.loss_fn, experiment.datasets["train"]
+
+
+def hand_written(turn, data: Path, save_dir: Path) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    model, loss_fn, dataset = _parts(data, save_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    for inputs, targets in DataLoader(dataset, batch_size=BATCH, shuffle=True):
+        if not turn():
+            return
+        loss = loss_fn(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+
+def bare_lightning(turn, data: Path, save_dir: Path) -> None:
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader
+
+    model, loss_fn, dataset = _parts(data, save_dir)
+
+    class Bare(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch, batch_idx):
+            inputs, targets = batch
+            return loss_fn(self.model(inputs), targets)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=0.01)
+
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, gradient_clip_val=1.0, callbacks=[Turns(turn)], default_root_dir=str(save_dir),
+    )
+    trainer.fit(Bare(), DataLoader(dataset, batch_size=BATCH, shuffle=True))
+
+
+def brain_gen(turn, data: Path, save_dir: Path, log_every: int) -> None:
+    from brain_gen.training.train import ExperimentDL
+
+    settings = config(save_dir, data, log_every)
+    settings["trainer"]["callbacks"] = [Turns(turn)]
+    ExperimentDL(settings).train()
+
+
+def main() -> dict[str, float]:
+    from brain_gen.demo import make_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        # 10 sessions of 300 s: 8 train, 300 batches of 8 one-second windows in one epoch.
+        data = make_synthetic_dataset(root / "data", n_sessions=10, n_channels=4, sfreq=50.0, session_seconds=300.0, chunk_seconds=60.0, seed=1)
+        sides = {
+            "hand": (hand_written, (data, root / "hand")),
+            "lightning": (bare_lightning, (data, root / "lightning")),
+            "brain_gen_1": (brain_gen, (data, root / "bg1", 1)),
+            "brain_gen_50": (brain_gen, (data, root / "bg50", 50)),
+        }
+        cycles = run_in_lockstep(sides, WARMUP, STEPS, root)
+    hand_ms = sorted(cycles["hand"])[len(cycles["hand"]) // 2] * 1000
+    print(f"hand-written step: {hand_ms:.2f} ms (median); {STEPS} steps per side, lock-step")
+    print("| side | over hand-written (median ratio) | extra ms per step over bare Lightning | target |")
+    print("| --- | --- | --- | --- |")
+    results = {}
+    for name in ("lightning", "brain_gen_1", "brain_gen_50"):
+        ratio = median_ratio(cycles[name], cycles["hand"])
+        extra = median_difference_ms(cycles[name], cycles["lightning"]) if name != "lightning" else 0.0
+        target = f"<= {TARGETS_MS[name]} ms" if name in TARGETS_MS else ""
+        met = "" if name not in TARGETS_MS else (" (met)" if extra <= TARGETS_MS[name] else " (NOT met)")
+        print(f"| {name} | {ratio:.2f}x | {extra:+.2f} ms{met} | {target} |")
+        results[name] = extra
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
