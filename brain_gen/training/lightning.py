@@ -22,7 +22,7 @@ from brain_gen.config.errors import ConfigError, NonFiniteTraining
 from brain_gen.config.schema import LightningConfig
 from brain_gen.dataset.order import TrainingOrder
 from brain_gen.models import COMPILED_PREFIX, call_model
-from brain_gen.training.performance import logs_written_this_step
+from brain_gen.training.performance import logs_written_this_step, write_step_scalars
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class LitModel(pl.LightningModule):
         # Per-step metrics something reads at every step (a scheduler's or early stopping's
         # monitor): logged at every step, whatever log_every_n_steps says.
         self.monitored: set[str] = set()
+        self._step_values: dict[str, torch.Tensor] = {}
         self._train_loss: torch.Tensor | None = None
         self._batch_index = 0
         self.model = model
@@ -122,24 +123,42 @@ class LitModel(pl.LightningModule):
         per_step = stage == "train"
         log_options = dict(on_step=per_step, on_epoch=not per_step, sync_dist=not per_step, batch_size=len(targets))
         if not per_step or self._logs_now(f"{stage}/loss"):
+            # Through self.log: the progress bar shows it.
             self.log(f"{stage}/loss", loss, prog_bar=True, **log_options)
         with torch.no_grad():
             for name, metric in getattr(self.loss_fn, "metrics", {}).items():
-                if not per_step or self._logs_now(f"{stage}/{name}"):
-                    self.log(f"{stage}/{name}", metric(outputs.detach(), targets), **log_options)
+                key = f"{stage}/{name}"
+                if not per_step:
+                    self.log(key, metric(outputs.detach(), targets), **log_options)
+                elif self._logs_now(key):
+                    self._log_step_value(key, metric(outputs.detach(), targets))
         return outputs, loss
+
+    def _log_step_value(self, name: str, value: torch.Tensor) -> None:
+        """A per-step training value: written straight to the loggers at this step's end.
+
+        self.log costs about a millisecond per value in Lightning's bookkeeping, which at
+        small steps is more than the step; these values feed nothing but the logger. A
+        value something monitors goes through self.log, where monitors read it.
+        """
+        if name in self.monitored:
+            self.log(name, value, on_step=True, on_epoch=False)
+        else:
+            self._step_values[name] = value.detach()
 
     def _logs_now(self, name: str) -> bool:
         """Whether per-step value ``name`` is computed and logged at this training step.
 
         Only on the steps the logger writes (``log_every_n_steps``): a value logged on
-        other steps would cost its computation and Lightning's bookkeeping (about a
-        millisecond each) and never be written. Also on an epoch's last batch, so that
-        what is read at the epoch's end is that batch's value, and at every step for the
-        metrics a scheduler or early stopping reads (``monitored``).
+        other steps would cost its computation and Lightning's bookkeeping and never be
+        written. At every step for the metrics a scheduler or early stopping reads
+        (``monitored``), and ``train/loss`` also at an epoch's last batch, so that what
+        is read at the epoch's end (the progress bar, callbacks) is that batch's value.
         """
         trainer = self.trainer
-        return name in self.monitored or logs_written_this_step(trainer) or trainer.is_last_batch
+        if name in self.monitored or logs_written_this_step(trainer):
+            return True
+        return name == "train/loss" and trainer.is_last_batch
 
     def trial_step(self, batch: Any) -> tuple[Any, torch.Tensor]:
         """Outputs and loss of one batch in eval mode without gradients (and without compiling), to check fit."""
@@ -286,7 +305,7 @@ class LitModel(pl.LightningModule):
         # Filled on the device: logging a Python float would copy it over and wait for the GPU.
         for name in ("lr", "weight_decay"):
             if self._logs_now(name):
-                self.log(name, torch.full((), float(group[name]), device=self.device), on_step=True, on_epoch=False)
+                self._log_step_value(name, torch.full((), float(group[name]), device=self.device))
         # Every step: the finiteness check and the clipping share count need it.
         gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = total_norm(gradients) if gradients else None
@@ -300,9 +319,9 @@ class LitModel(pl.LightningModule):
         self._steps_over_threshold += (grad_norm > self.config.grad_clip_threshold).float()
         self._steps_seen += 1
         if self._logs_now("grad_norm"):
-            self.log("grad_norm", grad_norm, on_step=True, on_epoch=False)
+            self._log_step_value("grad_norm", grad_norm)
         if self._logs_now("grad_clip_pct"):
-            self.log("grad_clip_pct", self._steps_over_threshold * (100.0 / self._steps_seen), on_step=True, on_epoch=False)
+            self._log_step_value("grad_clip_pct", self._steps_over_threshold * (100.0 / self._steps_seen))
 
     def _stop_if_not_finite(self, grad_norm: torch.Tensor | None) -> None:
         """Raise NonFiniteTraining when this step's loss or gradient norm is NaN or infinite.
@@ -356,6 +375,8 @@ class LitModel(pl.LightningModule):
         if self.config.benchmark_train_step and self._step_started_at is not None:
             self._synchronize()
             self.log("perf/train_step_ms", (time.perf_counter() - self._step_started_at) * 1000.0, on_step=True, on_epoch=False)
+        values, self._step_values = self._step_values, {}
+        write_step_scalars(self.trainer, batch_idx, values)
 
     def _synchronize(self) -> None:
         # Without a sync, CUDA kernels still running would be left out of the step time.
