@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional import mean_absolute_error
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from brain_gen.dataset.datasets import IGNORE_INDEX
@@ -41,9 +40,10 @@ class CrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
         self.metrics = {"accuracy": self.accuracy, "f1": self.f1, "perplexity": self.perplexity}
         self._last_loss: tuple[int, tuple[int, ...], torch.Tensor] | None = None
+        self._last_classes: tuple[tuple, dict] | None = None
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-        self._last_loss = None
+        self._last_loss = self._last_classes = None
         classes = outputs.shape[-1]
         logits = outputs.reshape(-1, classes).float()
         if targets.is_floating_point() and targets.shape == outputs.shape:
@@ -53,7 +53,8 @@ class CrossEntropy(nn.Module):
                 mass = probabilities.sum(dim=-1, keepdim=True)
                 probabilities = probabilities * (1 - self.label_smoothing) + mass * self.label_smoothing / classes
             per_row = -(probabilities * F.log_softmax(logits, dim=-1)).sum(dim=-1)
-            return per_row[kept].mean()
+            # A masked mean without indexing: boolean indexing would wait for the GPU.
+            return (per_row * kept).sum() / kept.sum()
         if outputs.shape[:-1] != targets.shape or targets.is_floating_point():
             raise ValueError(
                 f"CrossEntropy needs logits [..., classes] with integer targets [...] or probabilities "
@@ -65,25 +66,28 @@ class CrossEntropy(nn.Module):
             self._last_loss = (outputs.data_ptr(), tuple(outputs.shape), loss.detach())
         return loss
 
-    @staticmethod
-    def _classification_inputs(outputs: torch.Tensor, targets: torch.Tensor) -> dict:
-        """Predicted and true class per position, in the form torchmetrics' multiclass functions take."""
-        return dict(
-            preds=outputs.reshape(-1, outputs.shape[-1]).argmax(dim=-1),
-            target=hard_labels(targets).reshape(-1),
-            num_classes=outputs.shape[-1],
-            ignore_index=IGNORE_INDEX,
-            validate_args=False,
-        )
+    def _classification_inputs(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Predicted and true class per position, in the form torchmetrics' multiclass functions take.
 
-    @classmethod
-    def accuracy(cls, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return multiclass_accuracy(**cls._classification_inputs(outputs, targets), average="micro")
+        Accuracy and F1 of one batch share them: the argmax over the logits is made once.
+        """
+        key = (outputs.data_ptr(), tuple(outputs.shape), targets.data_ptr(), tuple(targets.shape))
+        if self._last_classes is None or self._last_classes[0] != key:
+            classes = dict(
+                preds=outputs.reshape(-1, outputs.shape[-1]).argmax(dim=-1),
+                target=hard_labels(targets).reshape(-1),
+                num_classes=outputs.shape[-1],
+                ignore_index=IGNORE_INDEX,
+                validate_args=False,
+            )
+            self._last_classes = (key, classes)
+        return self._last_classes[1]
 
+    def accuracy(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return multiclass_accuracy(**self._classification_inputs(outputs, targets), average="micro")
 
-    @classmethod
-    def f1(cls, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return multiclass_f1_score(**cls._classification_inputs(outputs, targets), average="macro")
+    def f1(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return multiclass_f1_score(**self._classification_inputs(outputs, targets), average="macro")
 
     def perplexity(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         last = self._last_loss
@@ -107,15 +111,22 @@ class MSE(nn.Module):
         self.metrics = {"mae": self.mae}
 
     @staticmethod
-    def _kept(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kept_errors(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Errors (0 where the target is NaN) and how many targets are kept.
+
+        Masked without indexing: boolean indexing would wait for the GPU at every step.
+        """
         kept = ~torch.isnan(targets)
-        return outputs[kept].float(), targets[kept].float()
+        errors = torch.where(kept, outputs.float() - targets.float().nan_to_num(), 0.0)
+        return errors, kept.sum()
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
         if outputs.shape != targets.shape:
             raise ValueError(f"MSE needs outputs and targets of one shape, got {tuple(outputs.shape)} and {tuple(targets.shape)}")
-        return F.mse_loss(*self._kept(outputs, targets))
+        errors, kept = self._kept_errors(outputs, targets)
+        return errors.square().sum() / kept
 
     @classmethod
     def mae(cls, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return mean_absolute_error(*cls._kept(outputs, targets))
+        errors, kept = cls._kept_errors(outputs, targets)
+        return errors.abs().sum() / kept

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
+from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.optim import lr_scheduler as torch_schedulers
@@ -86,6 +88,7 @@ class LitModel(pl.LightningModule):
         # monitor): logged at every step, whatever log_every_n_steps says.
         self.monitored: set[str] = set()
         self._step_values: dict[str, torch.Tensor] = {}
+        self._grad_norm: torch.Tensor | None = None
         self._train_loss: torch.Tensor | None = None
         self._batch_index = 0
         self.model = model
@@ -309,6 +312,7 @@ class LitModel(pl.LightningModule):
         # Every step: the finiteness check and the clipping share count need it.
         gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = total_norm(gradients) if gradients else None
+        self._grad_norm = grad_norm  # reused by configure_gradient_clipping, which Lightning calls next
         if self.stop_on_non_finite:
             self._stop_if_not_finite(grad_norm)
         if grad_norm is None:
@@ -322,6 +326,28 @@ class LitModel(pl.LightningModule):
             self._log_step_value("grad_norm", grad_norm)
         if self._logs_now("grad_clip_pct"):
             self._log_step_value("grad_clip_pct", self._steps_over_threshold * (100.0 / self._steps_seen))
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip by norm with the norm on_before_optimizer_step has just computed, instead of a second pass.
+
+        Only where every gradient is whole on this process (one device, or DDP after its
+        all-reduce) and the precision plugin clips plainly; otherwise Lightning's own clipping.
+        """
+        norm, self._grad_norm = self._grad_norm, None
+        plain = type(self.trainer.precision_plugin) in (Precision, MixedPrecision) and isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        if (
+            norm is not None
+            and gradient_clip_val
+            and gradient_clip_algorithm in (None, "norm")
+            and plain
+            and hasattr(torch.nn.utils, "clip_grads_with_norm_")
+        ):
+            parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(parameters, float(gradient_clip_val), norm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _stop_if_not_finite(self, grad_norm: torch.Tensor | None) -> None:
         """Raise NonFiniteTraining when this step's loss or gradient norm is NaN or infinite.
