@@ -462,7 +462,11 @@ def test_clipping_with_the_computed_norm_matches_lightnings_own_clipping(tmp_pat
         experiment.train()
         return {key: value for key, value in experiment.model.state_dict().items() if torch.is_tensor(value)}
 
+    reused = []
+    clip_with_norm = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *args, **kwargs: (reused.append(1), clip_with_norm(*args, **kwargs))[1])
     ours = trained("ours", gradient_clip_val=0.01)
+    assert len(reused) == 4  # the computed norm served every step's clipping
     unclipped = trained("unclipped")
     calls = []
     real = pl.LightningModule.configure_gradient_clipping
