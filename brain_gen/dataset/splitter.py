@@ -61,7 +61,7 @@ class ChannelLayout:
 class Split:
     """The sessions of one split and its windows.
 
-    ``windows`` is an int64 array of rows ``(session index, chunk index, start sample)``.
+    ``windows`` is an int32 array (int64 for chunks of 2**31 samples or more) of rows ``(session index, chunk index, start sample)``.
     """
 
     name: str
@@ -247,6 +247,10 @@ class DataSplitter:
         sfreq = sessions[0].sfreq
         length, hop = self.window_samples(sfreq)
         assignment = self.assign(sessions)
+        # Three numbers per window (session, chunk, start sample), 12 bytes in int32: a
+        # million windows take 12 MB. Only chunks of 2**31 samples or more need int64.
+        longest = max((chunk.n_samples for session in sessions for chunk in session.chunks), default=0)
+        index_type = np.int32 if max(longest, len(sessions)) < 2**31 else np.int64
         short_chunks = 0
         splits = {}
         for name in SPLIT_NAMES:
@@ -257,11 +261,11 @@ class DataSplitter:
                     if chunk.n_samples < length:
                         short_chunks += 1
                         continue
-                    starts = np.arange(0, chunk.n_samples - length + 1, hop, dtype=np.int64)
-                    block = np.empty((len(starts), 3), dtype=np.int64)
+                    starts = np.arange(0, chunk.n_samples - length + 1, hop, dtype=index_type)
+                    block = np.empty((len(starts), 3), dtype=index_type)
                     block[:, 0], block[:, 1], block[:, 2] = session_index, chunk_index, starts
                     rows.append(block)
-            windows = np.concatenate(rows) if rows else np.empty((0, 3), dtype=np.int64)
+            windows = np.concatenate(rows) if rows else np.empty((0, 3), dtype=index_type)
             splits[name] = Split(name, members, windows, length, layout, sfreq, all_sessions=sessions)
         if len(splits["train"]) == 0:
             # The error alone says it all: no separate line about the skipped chunks.

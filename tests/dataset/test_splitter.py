@@ -205,3 +205,18 @@ def test_cache_notices_a_changed_meta_json(tmp_path):
     sessions = again.scan()
     assert again.sessions_read == 1
     assert [s.subject for s in sessions if s.name == "session01"] == ["sub-99"]
+
+
+def test_a_million_windows_cost_at_most_sixteen_bytes_each(tmp_path):
+    from brain_gen.dataset.session import SessionMeta, write_session
+
+    # 4 sessions of one 250,010-sample chunk; 10-sample windows with a hop of 1: 250,001 windows each.
+    for index in range(4):
+        write_session(tmp_path / "data" / f"s{index}", [np.zeros((2, 250_010), dtype=np.float32)], SessionMeta(10.0, ["A", "B"], [[0.0, 0.0], [1.0, 0.0]]))
+    config = DataSplitterConfig(dataset_root=str(tmp_path / "data"), example_seconds=1.0, overlap_seconds=0.9, val_ratio=0.25, test_ratio=0.25)
+    splits = DataSplitter(config, cache_dir=tmp_path / "cache").split()
+    total = sum(len(split) for split in splits.values())
+    assert total == 4 * 250_001
+    # One array per split, no Python object per window.
+    assert sum(split.windows.nbytes for split in splits.values()) / total <= 16
+    assert all(split.windows.dtype == np.int32 for split in splits.values())
