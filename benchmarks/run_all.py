@@ -2,6 +2,7 @@
 
 from benchmarks import (
     bench_checkpoint_stall,
+    bench_data_path,
     bench_ddp_scaling,
     bench_eval_runner,
     bench_forecast,
@@ -14,6 +15,6 @@ from benchmarks import (
 )
 
 if __name__ == "__main__":
-    for module in (bench_step_overhead, bench_startup, bench_text_collate, bench_mixup_collate, bench_performance_monitor, bench_checkpoint_stall, bench_prepare, bench_forecast, bench_eval_runner, bench_ddp_scaling):
+    for module in (bench_step_overhead, bench_startup, bench_data_path, bench_text_collate, bench_mixup_collate, bench_performance_monitor, bench_checkpoint_stall, bench_prepare, bench_forecast, bench_eval_runner, bench_ddp_scaling):
         print(f"== {module.__name__}")
         module.main()

@@ -127,13 +127,15 @@ class ChunkDatasetContinuous(WindowDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         window, present = self.read_window(index)
         x = torch.from_numpy(window)
-        missing = torch.from_numpy(~present)
         if self.target == "codes":
             targets = mu_law_encode(x[:, 1:], self.mu, self.max_val)
-            targets[missing] = IGNORE_INDEX
+            targets[torch.from_numpy(~present)] = IGNORE_INDEX
+        elif present.all():
+            # A view, as the inputs are: the collate copies both into the batch anyway.
+            targets = x[:, 1:]
         else:
-            targets = x[:, 1:].clone()
-            targets[missing] = float("nan")
+            targets = x[:, 1:].clone()  # its own memory: NaN must not reach the inputs
+            targets[torch.from_numpy(~present)] = float("nan")
         return x[:, :-1], targets
 
 
@@ -161,7 +163,9 @@ class ChunkDataset(WindowDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         window, present = self.read_window(index)
         codes = mu_law_encode(torch.from_numpy(window), self.mu, self.max_val)
-        targets = codes[:, 1:].clone()
+        if present.all():
+            return codes[:, :-1], codes[:, 1:]  # views: the collate copies both into the batch
+        targets = codes[:, 1:].clone()  # its own memory: -100 must not reach the inputs
         targets[torch.from_numpy(~present)] = IGNORE_INDEX
         return codes[:, :-1], targets
 
