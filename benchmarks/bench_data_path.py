@@ -92,7 +92,7 @@ def main() -> dict[str, float]:
             for name, side in sides.items():
                 best[name] = max(best[name], side())
     print(f"{len(order)} windows of {CHANNELS} x {int(WINDOW_SECONDS * SFREQ)} float32, batch {BATCH}, best of {ROUNDS}")
-    print(f"| side | windows/s | over the loop | target |")
+    print("| side | windows/s | over the loop | target |")
     print("| --- | --- | --- | --- |")
     for name, rate in best.items():
         ratio = rate / best["loop"]
