@@ -68,10 +68,11 @@ class LitModel(pl.LightningModule):
         stop_on_non_finite: raise NonFiniteTraining at the first training step whose loss
             or gradient norm is not finite, before the optimizer step (``trainer.stop_on_non_finite``).
 
-    Logged at the optimizer steps the logger writes (``log_every_n_steps``), and at an
-    epoch's last batch: ``lr`` and ``weight_decay`` of the decay group, ``grad_norm`` (total L2 norm of the
-    gradients before clipping) and ``grad_clip_pct`` (running share of steps whose
-    ``grad_norm`` exceeded ``grad_clip_threshold``, in percent).
+    Written at the optimizer steps the logger writes (``log_every_n_steps``), straight
+    to the loggers: ``lr`` and ``weight_decay`` of the decay group, ``grad_norm`` (total
+    L2 norm of the gradients before clipping), ``grad_clip_pct`` (running share of
+    steps whose ``grad_norm`` exceeded ``grad_clip_threshold``, in percent) and the
+    loss's metrics; ``train/loss`` goes through ``self.log`` (the progress bar shows it).
     """
 
     def __init__(
