@@ -55,37 +55,42 @@ def config(save_dir: Path, data: Path, log_every: int) -> dict[str, Any]:
     }
 
 
-def _parts(data: Path, save_dir: Path):
+def _parts(settings: dict[str, Any]):
     """The model, loss and training dataset every side uses, built as brain-gen builds them."""
     from brain_gen.training.train import ExperimentDL
 
-    experiment = ExperimentDL(config(save_dir, data, 1))
+    experiment = ExperimentDL(settings)
     experiment.build()
     return experiment.model, experiment.lit_model.loss_fn, experiment.datasets["train"]
 
 
-def hand_written(turn, data: Path, save_dir: Path) -> None:
+def _batch_size(settings: dict[str, Any]) -> int:
+    return settings["dataloader"]["batch_size"]
+
+
+def hand_written(turn, settings: dict[str, Any]) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    model, loss_fn, dataset = _parts(data, save_dir)
+    model, loss_fn, dataset = _parts(settings)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    for inputs, targets in DataLoader(dataset, batch_size=BATCH, shuffle=True):
+    for inputs, targets in DataLoader(dataset, batch_size=_batch_size(settings), shuffle=True):
         if not turn():
-            return
+            break
         loss = loss_fn(model(inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+    report_peak_memory(turn)
 
 
-def bare_lightning(turn, data: Path, save_dir: Path) -> None:
+def bare_lightning(turn, settings: dict[str, Any]) -> None:
     import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader
 
-    model, loss_fn, dataset = _parts(data, save_dir)
+    model, loss_fn, dataset = _parts(settings)
 
     class Bare(pl.LightningModule):
         def __init__(self):
@@ -101,18 +106,25 @@ def bare_lightning(turn, data: Path, save_dir: Path) -> None:
 
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, gradient_clip_val=1.0, callbacks=[Turns(turn)], default_root_dir=str(save_dir),
+        enable_model_summary=False, gradient_clip_val=1.0, callbacks=[Turns(turn)], default_root_dir=settings["save_dir"],
     )
-    trainer.fit(Bare(), DataLoader(dataset, batch_size=BATCH, shuffle=True))
+    trainer.fit(Bare(), DataLoader(dataset, batch_size=_batch_size(settings), shuffle=True))
+    report_peak_memory(turn)
 
 
-def brain_gen(turn, data: Path, save_dir: Path, log_every: int, **trainer) -> None:
+def brain_gen(turn, settings: dict[str, Any]) -> None:
     from brain_gen.training.train import ExperimentDL
 
-    settings = config(save_dir, data, log_every)
-    settings["trainer"].update(trainer)
-    settings["trainer"]["callbacks"] = [Turns(turn)]
+    settings = {**settings, "trainer": {**settings["trainer"], "callbacks": [Turns(turn)]}}
     ExperimentDL(settings).train()
+    report_peak_memory(turn)
+
+
+def report_peak_memory(turn) -> None:
+    """The side's peak resident memory in bytes, next to its step times (``<side>.rss``)."""
+    import resource
+
+    Path(turn.out).with_suffix(".rss").write_text(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 
 
 def main() -> dict[str, float]:
@@ -123,10 +135,10 @@ def main() -> dict[str, float]:
         # 10 sessions of 120 s: 8 train, 300 batches of 8 windows of 0.4 s in one epoch.
         data = make_synthetic_dataset(root / "data", n_sessions=10, n_channels=4, sfreq=50.0, session_seconds=120.0, chunk_seconds=60.0, seed=1)
         sides = {
-            "hand": (hand_written, (data, root / "hand")),
-            "lightning": (bare_lightning, (data, root / "lightning")),
-            "brain_gen_1": (brain_gen, (data, root / "bg1", 1)),
-            "brain_gen_50": (brain_gen, (data, root / "bg50", 50)),
+            "hand": (hand_written, (config(root / "hand", data, 1),)),
+            "lightning": (bare_lightning, (config(root / "lightning", data, 1),)),
+            "brain_gen_1": (brain_gen, (config(root / "bg1", data, 1),)),
+            "brain_gen_50": (brain_gen, (config(root / "bg50", data, 50),)),
         }
         cycles = run_in_lockstep(sides, WARMUP, STEPS, root)
     hand_ms = sorted(cycles["hand"])[len(cycles["hand"]) // 2] * 1000
