@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_step_overhead import brain_gen, hand_written
+from benchmarks.bench_step_overhead import brain_gen, hand_written, user_config
 from benchmarks.lockstep import median_ratio, run_in_lockstep
 
 WARMUP, STEPS = 3, 20
@@ -26,24 +26,12 @@ TARGET_STEP, TARGET_RSS = 1.02, 1.2
 
 
 def config(save_dir: Path, data: Path, log_every: int = 1) -> dict[str, Any]:
-    return {
-        "save_dir": str(save_dir),
+    model = {
         "model_name": "WaveNet",
-        "loss_name": "CrossEntropy",
         "model_config": {"vocab_size": 256, "num_channels": 16, "residual_channels": 160, "skip_channels": 160, "n_layers": 10},
-        "datasplitter": {"dataset_root": str(data), "example_seconds": 2.0, "val_ratio": 0.1, "test_ratio": 0.1, "dataset_kwargs": {"max_val": 4.0}},
-        "dataloader": {"batch_size": 16},
-        "lightning": {
-            "lr": 1e-3,
-            "weight_decay": 0.01,
-            "lr_warmup": {"steps": 5, "interval": "step"},
-            "lr_scheduler": {"class_name": "CosineAnnealingLR", "interval": "step", "T_max": 1000},
-        },
-        "trainer": {
-            "max_epochs": 1, "accelerator": "cpu", "devices": 1, "log_every_n_steps": log_every, "num_sanity_val_steps": 0,
-            "gradient_clip_val": 1.0,
-        },
     }
+    datasplitter = {"example_seconds": 2.0, "dataset_kwargs": {"max_val": 4.0}}
+    return user_config(save_dir, data, log_every, model, datasplitter, batch_size=16, warmup_steps=5)
 
 
 def main() -> dict[str, float]:

@@ -34,18 +34,18 @@ BATCH = 8
 TARGETS_MS = {"brain_gen_1": 1.0, "brain_gen_50": 0.3}
 
 
-def config(save_dir: Path, data: Path, log_every: int) -> dict[str, Any]:
+def user_config(save_dir: Path, data: Path, log_every: int, model: dict[str, Any], datasplitter: dict[str, Any], batch_size: int, warmup_steps: int) -> dict[str, Any]:
+    """A config as a user writes one: CrossEntropy, AdamW with warmup + cosine per step, clipping at 1.0, one CPU epoch."""
     return {
         "save_dir": str(save_dir),
-        "model_name": "ChannelGPT",
+        **model,
         "loss_name": "CrossEntropy",
-        "model_config": {"vocab_size": 64, "num_channels": 4, "d_model": 16, "n_layers": 1, "n_heads": 1, "max_position_embeddings": 32},
-        "datasplitter": {"dataset_root": str(data), "example_seconds": 0.4, "val_ratio": 0.1, "test_ratio": 0.1, "dataset_kwargs": {"max_val": 4.0, "mu": 63}},
-        "dataloader": {"batch_size": BATCH},
+        "datasplitter": {"dataset_root": str(data), "val_ratio": 0.1, "test_ratio": 0.1, **datasplitter},
+        "dataloader": {"batch_size": batch_size},
         "lightning": {
             "lr": 1e-3,
             "weight_decay": 0.01,
-            "lr_warmup": {"steps": 20, "interval": "step"},
+            "lr_warmup": {"steps": warmup_steps, "interval": "step"},
             "lr_scheduler": {"class_name": "CosineAnnealingLR", "interval": "step", "T_max": 1000},
         },
         "trainer": {
@@ -53,6 +53,15 @@ def config(save_dir: Path, data: Path, log_every: int) -> dict[str, Any]:
             "gradient_clip_val": 1.0,
         },
     }
+
+
+def config(save_dir: Path, data: Path, log_every: int) -> dict[str, Any]:
+    model = {
+        "model_name": "ChannelGPT",
+        "model_config": {"vocab_size": 64, "num_channels": 4, "d_model": 16, "n_layers": 1, "n_heads": 1, "max_position_embeddings": 32},
+    }
+    datasplitter = {"example_seconds": 0.4, "dataset_kwargs": {"max_val": 4.0, "mu": 63}}
+    return user_config(save_dir, data, log_every, model, datasplitter, BATCH, warmup_steps=20)
 
 
 def _parts(settings: dict[str, Any]):

@@ -37,3 +37,8 @@ def derive_seed(seed: int, *keys: str | int) -> int:
 def draw_seed() -> int:
     """A fresh seed from the operating system, for ``seed: null``."""
     return secrets.randbelow(DRAWN_SEED_BOUND)
+
+
+def agreed_seed(trainer, seed: int) -> int:
+    """Rank zero's ``seed`` on every rank of a Lightning ``trainer`` (a drawn seed differs between processes)."""
+    return trainer.strategy.broadcast(seed, src=0) if trainer.world_size > 1 else seed

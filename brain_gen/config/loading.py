@@ -170,12 +170,17 @@ def resolve_seeds(config: ExperimentConfig) -> None:
     if config.seed is None:
         config.seed = draw_seed()
         config._seed_drawn = True
+    for section, stream in _eval_seed_sections(config):
+        if section.seed is None:
+            section.seed = derive_seed(config.seed, stream)
+
+
+def _eval_seed_sections(config: ExperimentConfig) -> list[tuple[Any, str]]:
+    """The eval runner sections with a seed of their own, and the name of the stream each derives."""
     settings = config.eval_runner
-    if settings is not None:
-        if settings.example_sampler.seed is None:
-            settings.example_sampler.seed = derive_seed(config.seed, "eval contexts")
-        if settings.generator.seed is None:
-            settings.generator.seed = derive_seed(config.seed, "eval generation")
+    if settings is None:
+        return []
+    return [(settings.example_sampler, "eval contexts"), (settings.generator, "eval generation")]
 
 
 def _trainer_passthrough(data: dict[str, Any]) -> dict[str, Any]:
@@ -327,12 +332,9 @@ def describe_validation_errors(exc: ValidationError, data: dict[str, Any], root:
 def adopt_seed(config: ExperimentConfig, seed: int) -> None:
     """Put ``seed`` in place of a drawn one, and eval runner seeds derived from it (resuming with ``seed: null``)."""
     drawn, config.seed = config.seed, seed
-    settings = config.eval_runner
-    if settings is not None:
-        if settings.example_sampler.seed == derive_seed(drawn, "eval contexts"):
-            settings.example_sampler.seed = derive_seed(seed, "eval contexts")
-        if settings.generator.seed == derive_seed(drawn, "eval generation"):
-            settings.generator.seed = derive_seed(seed, "eval generation")
+    for section, stream in _eval_seed_sections(config):
+        if section.seed == derive_seed(drawn, stream):
+            section.seed = derive_seed(seed, stream)
     config._seed_drawn = False
 
 

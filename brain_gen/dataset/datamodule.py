@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from brain_gen.config.schema import DataLoaderConfig
 from brain_gen.dataset.loaders import make_loader
 from brain_gen.dataset.order import TrainingOrder
+from brain_gen.seeding import agreed_seed
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,8 @@ class BrainDataModule(pl.LightningDataModule):
         self.keep_checkpoint_batch_size = False
 
     def setup(self, stage: str) -> None:
-        # A seed drawn for `seed: null` differs between processes: rank zero's is the run's.
-        if self.trainer is not None and self.trainer.world_size > 1:
-            self.seed = self.trainer.strategy.broadcast(self.seed, src=0)
+        if self.trainer is not None:
+            self.seed = agreed_seed(self.trainer, self.seed)
 
     def make_loader(self, split: str) -> DataLoader | None:
         """The loader of one split; None when the split has no windows."""

@@ -15,7 +15,6 @@ from brain_gen.config.schema import DataLoaderConfig, ExperimentConfig
 from brain_gen.dataset.mixup import MixupDataLoader
 from brain_gen.dataset.order import TrainingOrder
 from brain_gen.dataset.text import TextDataLoader
-from brain_gen.seeding import derive_seed
 
 # The built-in `dataloader_class` names and their import paths.
 BUILTIN_LOADERS = {
@@ -37,7 +36,8 @@ def loader_extras(config: ExperimentConfig, loader_class: type) -> tuple[dict[st
     if problems:
         raise ConfigError(problems)
     if owner == "MixupDataLoader":
-        return {"options": options.options(owner), "seed": derive_seed(config.seed, "mixup")}, {"mix": False}
+        # The run's seed; BrainDataModule replaces it with the one the ranks agreed on.
+        return {"options": options.options(owner), "seed": config.seed}, {"mix": False}
     if owner == "TextDataLoader":
         if options.tokenizer_path is None:
             raise ConfigError(f"dataloader.tokenizer_path is required with dataloader_class: {config.dataloader_class}")

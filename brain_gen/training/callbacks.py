@@ -21,7 +21,7 @@ from brain_gen.config.errors import ConfigError, did_you_mean, raise_problems
 from brain_gen.config.registry import check_arguments, import_object
 from brain_gen.config.schema import EarlyStoppingConfig
 from brain_gen.distributed import TrainingPreempted
-from brain_gen.seeding import derive_seed
+from brain_gen.seeding import agreed_seed, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,7 @@ class SeedEachBatch(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        # A seed drawn for `seed: null` differs between processes: rank zero's is the run's.
-        if trainer.world_size > 1:
-            self.seed = trainer.strategy.broadcast(self.seed, src=0)
+        self.seed = agreed_seed(trainer, self.seed)
         # Taken here, before a batch-size search runs its trial steps (at on_fit_start).
         device = trainer.strategy.root_device
         self._saved = (device, torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)

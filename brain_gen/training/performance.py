@@ -40,6 +40,11 @@ def logs_written_this_step(trainer: pl.Trainer) -> bool:
     return trainer._logger_connector.should_update_logs
 
 
+def batch_steps_optimizer(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether this batch ends with an optimizer step: Lightning writes the logs of such batches only."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or trainer.is_last_batch
+
+
 def write_step_scalars(trainer: pl.Trainer, batch_idx: int, values: dict[str, float | torch.Tensor]) -> None:
     """Write per-step values straight to the loggers, at the step Lightning writes this batch's logs.
 
@@ -51,7 +56,7 @@ def write_step_scalars(trainer: pl.Trainer, batch_idx: int, values: dict[str, fl
     """
     if not values or not trainer.loggers or not trainer.is_global_zero:
         return
-    if (batch_idx + 1) % trainer.accumulate_grad_batches != 0 and not trainer.is_last_batch:
+    if not batch_steps_optimizer(trainer, batch_idx):
         return
     tensors = [value for value in values.values() if torch.is_tensor(value)]
     numbers = iter(torch.stack([value.float().reshape(()).to(tensors[0].device) for value in tensors]).tolist() if tensors else [])
@@ -109,7 +114,7 @@ class PerformanceMonitor(pl.Callback):
         # Log exactly when Lightning writes this step's logs, so perf/* shares their steps.
         if not logs_written_this_step(trainer):
             return
-        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0 and not trainer.is_last_batch:
+        if not batch_steps_optimizer(trainer, batch_idx):
             return  # the window goes on to the batch that steps, where Lightning writes
         elapsed = max(now - self._window_started, 1e-9)
         waiting = min(max(self._waiting / elapsed, 0.0), 1.0)
