@@ -45,6 +45,8 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
+from benchmarks.common import Result
+
 REPO = Path(__file__).resolve().parent.parent
 # A demo step takes about 0.4 s on one thread: 25 timed steps are 10 s per run, and a
 # round of three runs with their start-ups about a minute and a half.
@@ -241,7 +243,7 @@ def breakdown(rounds: list[dict[int, dict]], which: str) -> None:
     )
 
 
-def main(rounds: int = ROUNDS) -> float:
+def main(rounds: int = ROUNDS) -> list[Result]:
     from brain_gen.demo import demo_config, make_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as folder_name:
@@ -291,8 +293,11 @@ def main(rounds: int = ROUNDS) -> float:
             )
         if median < TARGET:
             breakdown([results[index] for index in quiet] or results, "those rounds" if quiet else "all rounds")
-    return median
+    measured = f"{median:.2f}x (rounds {', '.join(f'{ratio:.2f}' for ratio in ratios)}; DDP's own cost {statistics.median(ddp_costs):.2f}x)"
+    return [Result("bench_ddp_scaling", "samples/s, DDP world size 2 over 1 (gloo, 2 cores)", measured, ">= 1.6x", median >= TARGET)]
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.common import print_table
+
+    print_table(main())

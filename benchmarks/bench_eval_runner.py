@@ -45,6 +45,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import yaml
 
+from benchmarks.common import Result
+
 ROUNDS = 3
 REPO = Path(__file__).resolve().parent.parent
 
@@ -179,7 +181,7 @@ def describe(turns: list[float]) -> str:
     return f"start-up {turns[0]:.1f} s, {len(turns) - 2} steps {sum(turns[1:-1]):.1f} s, last turn {turns[-1]:.1f} s"
 
 
-def main(rounds: int = ROUNDS) -> float:
+def main(rounds: int = ROUNDS) -> list[Result]:
     from brain_gen.demo import demo_config, make_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as folder_name:
@@ -214,7 +216,11 @@ def main(rounds: int = ROUNDS) -> float:
             f"one offline evaluation of the demo checkpoint with the defaults: {offline['seconds']:.1f} s "
             f"({offline['evaluate_seconds']:.1f} s after start-up; target < 60 s)"
         )
-    return median
+    rounds_text = ", ".join(f"{ratio:.3f}" for ratio in ratios)
+    return [
+        Result("bench_eval_runner", "demo `brain-gen train` with eval_runner over without", f"{median:.3f}x (rounds {rounds_text})", "<= 1.10x", median <= 1.10),
+        Result("bench_eval_runner", "one offline evaluation of the demo checkpoint", f"{offline['seconds']:.1f} s", "< 60 s", offline["seconds"] < 60),
+    ]
 
 
 def run_offline(config_path: Path) -> dict:
@@ -227,4 +233,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="runs of each side (about 2 minutes per round)")
-    main(parser.parse_args().rounds)
+    from benchmarks.common import print_table
+
+    print_table(main(parser.parse_args().rounds))

@@ -17,6 +17,7 @@ from pathlib import Path
 import mne
 import numpy as np
 
+from benchmarks.common import Result
 from brain_gen.config.schema import PrepareConfig
 from brain_gen.preprocessing.prepare import prepare_recording
 from brain_gen.preprocessing.recordings import Recording
@@ -45,12 +46,12 @@ def mne_alone(path: Path) -> None:
     raw.resample(NEW_SFREQ, verbose="error")
 
 
-def main() -> float:
+def main(rounds: int = 2) -> list[Result]:
     settings = PrepareConfig(l_freq=L_FREQ, h_freq=H_FREQ, resample=NEW_SFREQ)
     with tempfile.TemporaryDirectory() as root:
         path = write_recording(Path(root))
         times: dict[str, list[float]] = {"mne": [], "prepare": []}
-        for _ in range(2):  # interleaved, best of two
+        for _ in range(rounds):  # interleaved, best of the rounds
             start = time.perf_counter()
             mne_alone(path)
             times["mne"].append(time.perf_counter() - start)
@@ -65,8 +66,11 @@ def main() -> float:
     print(f"{N_MAG + N_GRAD} channels, {SECONDS / 60:g} min at {SFREQ:g} Hz, band-pass {L_FREQ}-{H_FREQ} Hz, resample to {NEW_SFREQ:g} Hz")
     print(f"MNE read+filter+resample {mne_time:.1f} s, brain-gen prepare {prepare_time:.1f} s")
     print(f"prepare/MNE time ratio: {ratio:.3f} (target <= 2.0)")
-    return ratio
+    measured = f"{ratio:.2f}x ({prepare_time:.1f} s against {mne_time:.1f} s)"
+    return [Result("bench_prepare", "brain-gen prepare over MNE read, filter, resample", measured, "<= 2x", ratio <= 2.0)]
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.common import print_table
+
+    print_table(main())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_step_overhead import brain_gen, hand_written, user_config
+from benchmarks.common import Result
 from benchmarks.lockstep import median_ratio, run_in_lockstep
 
 WARMUP, STEPS = 3, 20
@@ -34,7 +35,7 @@ def config(save_dir: Path, data: Path, log_every: int = 1) -> dict[str, Any]:
     return user_config(save_dir, data, log_every, model, datasplitter, batch_size=16, warmup_steps=5)
 
 
-def main() -> dict[str, float]:
+def main() -> list[Result]:
     from brain_gen.demo import make_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as folder:
@@ -58,8 +59,14 @@ def main() -> dict[str, float]:
         print(f"| step time over hand-written, log_every_n_steps {cadence} | {ratio:.3f}x | target <= {TARGET_STEP}x | {verdict} |")
     print(f"| peak RSS over hand-written | {memory:.2f}x ({rss['brain_gen'] / 2**20:.0f} MB against {rss['hand'] / 2**20:.0f} MB) "
           f"| target <= {TARGET_RSS}x | {'met' if memory <= TARGET_RSS else 'NOT met'} |")
-    return {"step": step, "step_50": step_50, "rss": memory}
+    return [
+        *(Result("bench_realistic_step", f"2.2M WaveNet step over the hand-written loop, log_every_n_steps {cadence}", f"{ratio:.3f}x", f"<= {TARGET_STEP}x", ratio <= TARGET_STEP)
+          for cadence, ratio in ((1, step), (50, step_50))),
+        Result("bench_realistic_step", "peak RSS over the hand-written loop", f"{memory:.2f}x ({rss['brain_gen'] / 2**20:.0f} MB)", f"<= {TARGET_RSS}x", memory <= TARGET_RSS),
+    ]
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.common import print_table
+
+    print_table(main())

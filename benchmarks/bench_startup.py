@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import Result
+
 SESSIONS, CHUNKS = 1000, 20
 ROUNDS = 3
 TARGET_CACHED_S, TARGET_RATIO = 1.0, 10.0
@@ -46,7 +48,7 @@ def split_time(root: Path, cache: Path, cold: bool) -> float:
     return elapsed
 
 
-def main() -> dict[str, float]:
+def main() -> list[Result]:
     with tempfile.TemporaryDirectory() as folder:
         root, cache = Path(folder) / "data", Path(folder) / "cache"
         make_sessions(root)
@@ -60,8 +62,13 @@ def main() -> dict[str, float]:
     print(f"datasplitter on {SESSIONS} sessions x {CHUNKS} chunks, best of {ROUNDS}")
     print(f"| cached start | {best_cached:.3f} s | target <= {TARGET_CACHED_S} s | {'met' if best_cached <= TARGET_CACHED_S else 'NOT met'} |")
     print(f"| cold over cached | {ratio:.1f}x ({best_cold:.2f} s cold) | target >= {TARGET_RATIO}x | {'met' if ratio >= TARGET_RATIO else 'NOT met'} |")
-    return {"cached_s": best_cached, "cold_over_cached": ratio}
+    return [
+        Result("bench_startup", f"datasplitter cached start, {SESSIONS} sessions x {CHUNKS} chunks", f"{best_cached:.2f} s", f"<= {TARGET_CACHED_S:g} s", best_cached <= TARGET_CACHED_S),
+        Result("bench_startup", "datasplitter cold start over cached", f"{ratio:.1f}x ({best_cold:.1f} s cold)", f">= {TARGET_RATIO:g}x", ratio >= TARGET_RATIO),
+    ]
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.common import print_table
+
+    print_table(main())

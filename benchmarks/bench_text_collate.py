@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks.common import interleaved_best
+from benchmarks.common import Result, interleaved_best
 from brain_gen.dataset.text import ChannelGroups, TextCollate, code_alphabet, train_text_tokenizer
 
 BATCH, CHANNELS, STEPS, GROUP_SIZE, MU = 32, 64, 512, 8, 255
@@ -30,7 +30,7 @@ def synthetic_samples(count: int, rng: np.random.Generator) -> list[ChannelGroup
     return samples
 
 
-def main() -> float:
+def main() -> list[Result]:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
         train_text_tokenizer(synthetic_samples(64, rng), folder, code_alphabet(MU), vocab_size=2048)
@@ -48,8 +48,10 @@ def main() -> float:
     ratio = ours / raw
     print(f"{tokens} tokens per batch; raw encode_batch {raw:,.0f} tokens/s, text collate {ours:,.0f} tokens/s")
     print(f"text collate / raw encode_batch throughput ratio: {ratio:.3f} (target >= 0.5)")
-    return ratio
+    return [Result("bench_text_collate", "TextDataLoader collate tokens/s over raw encode_batch", f"{ratio:.2f}x", ">= 0.5x", ratio >= 0.5)]
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.common import print_table
+
+    print_table(main())

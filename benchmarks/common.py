@@ -1,9 +1,10 @@
-"""Timing helpers shared by the benchmarks: best-of-N wall time, measured in one process."""
+"""Helpers shared by the benchmarks: best-of-N wall time in one process, and the rows of `make bench`'s table."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def best_time(function: Callable[[], object], repeats: int = 15, warmup: int = 2) -> float:
@@ -25,3 +26,26 @@ def interleaved_best(functions: dict[str, Callable[[], object]], rounds: int = 5
         for name, function in functions.items():
             best[name] = min(best[name], best_time(function, repeats=repeats, warmup=1))
     return best
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measured figure of a benchmark, with its target: a row of `make bench`'s table.
+
+    ``met`` is None where the figure has no target of its own (context for another row).
+    """
+
+    benchmark: str
+    measure: str
+    measured: str
+    target: str
+    met: bool | None
+
+
+def print_table(results: list[Result]) -> None:
+    """Every result as one markdown table, with a verdict per row."""
+    print("| benchmark | measure | measured | target | verdict |")
+    print("| --- | --- | --- | --- | --- |")
+    for result in results:
+        verdict = "" if result.met is None else ("met" if result.met else "NOT met")
+        print(f"| {result.benchmark} | {result.measure} | {result.measured} | {result.target} | {verdict} |")

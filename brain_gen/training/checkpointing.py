@@ -84,6 +84,35 @@ def snapshot(value: Any, reuse: Any = None) -> Any:
     return copy.deepcopy(value)
 
 
+def blank_snapshot(value: Any) -> Any:
+    """Fresh CPU memory shaped like the tensors of ``value``, in the containers ``snapshot`` reuses from.
+
+    Only what ``snapshot`` would copy into is made: strided tensors, in dicts, lists and
+    tuples (as lists); everything else is left out.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.is_quantized:
+            return None
+        return empty_page_aligned(value.shape, value.dtype)
+    if isinstance(value, dict):
+        return {key: blank_snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [blank_snapshot(item) for item in value]
+    return None
+
+
+def _fault_in(value: Any) -> None:
+    """Write every tensor of a ``blank_snapshot`` once, so the kernel maps its pages now rather than at the first save."""
+    if isinstance(value, torch.Tensor):
+        value.zero_()
+    elif isinstance(value, dict):
+        for item in value.values():
+            _fault_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            _fault_in(item)
+
+
 def supports_background_writes(strategy: Strategy) -> bool:
     """Whether checkpoints of this strategy are written in the background.
 
@@ -172,6 +201,24 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
         frozen = snapshot(checkpoint, reuse=reuse)
         self._queued_snapshots.append(frozen)
         self._submit(self._write_and_notify, frozen, path)
+
+    def prepare_snapshot_memory(self, like: dict[str, Any]) -> None:
+        """Have the first snapshot's memory ready before the first save, mapped by the writer thread.
+
+        ``like``: the parts of a checkpoint that hold nearly all its bytes (the model's
+        state dict and the optimizers' states), read now for their shapes only. The first
+        snapshot otherwise copies into fresh memory on the training thread, and mapping
+        that memory page by page costs more than the copy: 0.4 s for 560 MB here, against
+        0.08 s for the same copy into memory already mapped. Later snapshots reuse that
+        memory anyway. Does nothing once a save has happened, or without background writes.
+        """
+        if not self.background or self._queued_step is not None or self._queued_snapshots or self._reusable_snapshots:
+            return
+        blank = blank_snapshot(like)
+        # Queued like the snapshot of a write: the first save waits for it (finish_writes)
+        # and then takes it as reusable memory.
+        self._queued_snapshots.append(blank)
+        self._submit(_fault_in, blank)
 
     def remove_checkpoint(self, path: str | os.PathLike) -> None:
         if not self.background:
@@ -286,6 +333,7 @@ class CheckpointWriteMonitor(pl.Callback):
 
     def __init__(self, checkpoint_io: BackgroundCheckpointIO):
         self.checkpoint_io = checkpoint_io
+        self._snapshot_memory_asked = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.strategy.checkpoint_io is not self.checkpoint_io:
@@ -294,6 +342,14 @@ class CheckpointWriteMonitor(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._report(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # After the first optimizer step, when the optimizer's state exists. Rank zero
+        # alone saves, so it alone needs the memory.
+        if not self._snapshot_memory_asked and trainer.global_step > 0 and trainer.is_global_zero:
+            self._snapshot_memory_asked = True
+            like = {"state_dict": pl_module.state_dict(), "optimizer_states": [optimizer.state_dict() for optimizer in trainer.optimizers]}
+            self.checkpoint_io.prepare_snapshot_memory(like)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Before the epoch's checkpoint saves: Lightning runs ModelCheckpoints after other callbacks.

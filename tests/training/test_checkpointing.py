@@ -279,6 +279,40 @@ def background_plugin(writer: DurableWriter) -> BackgroundCheckpointIO:
     return plugin
 
 
+def test_the_first_snapshot_copies_into_memory_the_writer_thread_prepared_after_the_first_step(tmp_path, monkeypatch):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from brain_gen.losses.next_step import MSE
+    from brain_gen.training.checkpointing import CheckpointWriteMonitor
+    from brain_gen.training.lightning import LitModel
+
+    faulted_on, reuses = [], []
+    fault_in, take_snapshot = checkpointing._fault_in, checkpointing.snapshot
+    monkeypatch.setattr(checkpointing, "_fault_in", lambda blank: (faulted_on.append(threading.current_thread().name), fault_in(blank))[1])
+    monkeypatch.setattr(checkpointing, "snapshot", lambda value, reuse=None: (reuses.append(reuse), take_snapshot(value, reuse))[1])
+    torch.manual_seed(0)
+    module = LitModel(torch.nn.Linear(8, 8), MSE(), {"lr": 1e-2, "weight_decay": 0.0})
+    plugin = BackgroundCheckpointIO()
+    trainer = pl.Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, plugins=[plugin],
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=1, monitor=None), CheckpointWriteMonitor(plugin)],
+    )
+    data = TensorDataset(torch.randn(12, 8), torch.randn(12, 8))
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    assert faulted_on and all(name.startswith("checkpoint-writer") for name in faulted_on)
+    prepared = reuses[0]  # the first save copied into the prepared memory: model and AdamW state
+    assert prepared["state_dict"]["model.weight"].shape == (8, 8)
+    assert prepared["optimizer_states"][0]["state"][0]["exp_avg"].shape == (8, 8)
+    [path] = tmp_path.glob("*.ckpt")
+    saved = torch.load(path, weights_only=True)
+    assert saved["global_step"] == 3
+    for name, value in module.state_dict().items():
+        assert torch.equal(saved["state_dict"][name], value)
+    live_state = trainer.optimizers[0].state_dict()["state"][0]
+    assert torch.equal(saved["optimizer_states"][0]["state"][0]["exp_avg_sq"], live_state["exp_avg_sq"])
+
+
 def test_a_save_waits_for_the_writes_of_earlier_steps_and_reports_the_wait_at_its_step(tmp_path):
     writer = GatedWriter()
     plugin = background_plugin(writer)
