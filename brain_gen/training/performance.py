@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 
 def batch_size_of(batch: Any) -> int:
@@ -142,11 +145,18 @@ class PerformanceMonitor(pl.Callback):
 
 
 class BoundedFlushTensorBoardLogger(TensorBoardLogger):
-    """Lightning's TensorBoardLogger, flushing to disk at most every ``flush_interval_sec`` seconds.
+    """Lightning's TensorBoardLogger, flushing to disk at most every ``flush_interval_sec`` seconds,
+    and writing each call's scalars as one event.
 
     Lightning asks the logger to save after every logged step, which would make the
     event file write through to disk each time. Events still reach disk when the
     writer's own queue fills, and everything is flushed when the run ends.
+
+    Lightning's logger writes one event per scalar: each goes through the event
+    writer's queue and wakes its thread, about 60 us a scalar here, a millisecond for
+    the fifteen of a step at ``log_every_n_steps: 1``. One event holding all of them
+    costs a quarter of that and reads back the same (TensorBoard files a scalar by its
+    tag and step, whichever event holds it).
     """
 
     def __init__(self, *args: Any, flush_interval_sec: float = 30.0, **kwargs: Any):
@@ -154,6 +164,24 @@ class BoundedFlushTensorBoardLogger(TensorBoardLogger):
         super().__init__(*args, **kwargs)
         self.flush_interval_sec = flush_interval_sec
         self._last_flush = time.monotonic()
+        # Names get a prefix (TensorBoardLogger's sixth argument) in Lightning's own path only.
+        self._one_event_per_call = not kwargs.get("prefix") and len(args) < 6
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float | torch.Tensor], step: int | None = None) -> None:
+        values = []
+        if self._one_event_per_call:
+            for name, value in metrics.items():
+                number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+                if not isinstance(number, (int, float)):  # dicts, arrays: Lightning's path, and its errors
+                    values = []
+                    break
+                values.append(Summary.Value(tag=name, simple_value=float(number)))
+        writer = self.experiment.file_writer if values else None
+        if writer is None:
+            super().log_metrics(metrics, step)
+            return
+        writer.add_summary(Summary(value=values), step)
 
     def save(self) -> None:
         now = time.monotonic()
