@@ -61,7 +61,7 @@ from brain_gen.training.checks import (
 from brain_gen.training.durable_write import remove_stale_temporaries
 from brain_gen.training.fsdp import durable_fsdp_strategy
 from brain_gen.training.lightning import LitModel
-from brain_gen.training.performance import BoundedFlushTensorBoardLogger, PerformanceMonitor
+from brain_gen.training.performance import BoundedFlushTensorBoardLogger, NoProfiler, PerformanceMonitor
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,7 @@ class ExperimentDL:
         eval_runner = self.eval_runner if fitting else None
         callbacks, checkpoint_io = run_callbacks(self.config, self.user_callbacks, Path(logger.log_dir) if logger else None, self.has_validation, self.datasets.get("test"), eval_runner)
         kwargs = dict(self.config.trainer.lightning_kwargs)
+        kwargs.setdefault("profiler", NoProfiler())
         if kwargs.get("strategy") in FSDP_STRATEGIES:
             kwargs["strategy"] = durable_fsdp_strategy(kwargs["strategy"], self.config.trainer.fsdp_state_dict_type)
         # A user's own plugins (trainer.plugins) stay, next to the checkpoint writer.

@@ -164,6 +164,23 @@ def test_the_logger_writes_each_calls_scalars_as_one_event_that_reads_back_exact
     assert per_event == [3, 1]
 
 
+def test_the_trainer_profiles_nothing_cheaply_unless_the_user_names_a_profiler(tmp_path, tiny_dataset):
+    from pytorch_lightning.profilers import SimpleProfiler
+
+    from brain_gen.training.performance import NoProfiler
+
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs", tiny_dataset, trainer={"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1}))
+    experiment.train()
+    assert type(experiment.trainer.profiler) is NoProfiler
+    with experiment.trainer.profiler.profile("anything") as inside:
+        assert inside is None
+    experiment = ExperimentDL(tiny_config(tmp_path / "runs2", tiny_dataset, trainer={"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "profiler": "simple"}))
+    experiment.train()
+    profiler = experiment.trainer.profiler
+    assert isinstance(profiler, SimpleProfiler)
+    assert any("training_step" in action for action in profiler.recorded_durations)  # it recorded the run's hooks
+
+
 def test_training_bytes_counts_the_activations_kept_for_backward(tmp_path, tiny_dataset):
     experiment = ExperimentDL(tiny_config(tmp_path / "runs", tiny_dataset))
     experiment.build()
