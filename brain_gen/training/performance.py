@@ -164,7 +164,7 @@ class NoProfiler(PassThroughProfiler):
 
 class BoundedFlushTensorBoardLogger(TensorBoardLogger):
     """Lightning's TensorBoardLogger, flushing to disk at most every ``flush_interval_sec`` seconds,
-    and writing each call's scalars as one event.
+    and writing each step's scalars as one event.
 
     Lightning asks the logger to save after every logged step, which would make the
     event file write through to disk each time. Events still reach disk when the
@@ -172,9 +172,11 @@ class BoundedFlushTensorBoardLogger(TensorBoardLogger):
 
     Lightning's logger writes one event per scalar: each goes through the event
     writer's queue and wakes its thread, about 60 us a scalar here, a millisecond for
-    the fifteen of a step at ``log_every_n_steps: 1``. One event holding all of them
-    costs a quarter of that and reads back the same (TensorBoard files a scalar by its
-    tag and step, whichever event holds it).
+    the fifteen of a step at ``log_every_n_steps: 1``. Here the scalars of one step,
+    from every ``log_metrics`` call for it (LitModel's telemetry, PerformanceMonitor,
+    Lightning's own ``self.log`` values), are kept until the step changes or Lightning
+    saves the logger after writing the step, and go out as one event. TensorBoard files
+    a scalar by its tag and step, whichever event holds it, so they read back the same.
     """
 
     def __init__(self, *args: Any, flush_interval_sec: float = 30.0, **kwargs: Any):
@@ -183,25 +185,40 @@ class BoundedFlushTensorBoardLogger(TensorBoardLogger):
         self.flush_interval_sec = flush_interval_sec
         self._last_flush = time.monotonic()
         # Names get a prefix (TensorBoardLogger's sixth argument) in Lightning's own path only.
-        self._one_event_per_call = not kwargs.get("prefix") and len(args) < 6
+        self._one_event_per_step = not kwargs.get("prefix") and len(args) < 6
+        self._pending_step: int | None = None
+        self._pending: list[Summary.Value] = []
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float | torch.Tensor], step: int | None = None) -> None:
         values = []
-        if self._one_event_per_call:
+        if self._one_event_per_step and step is not None:
             for name, value in metrics.items():
                 number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
                 if not isinstance(number, (int, float)):  # dicts, arrays: Lightning's path, and its errors
                     values = []
                     break
                 values.append(Summary.Value(tag=name, simple_value=float(number)))
-        writer = self.experiment.file_writer if values else None
-        if writer is None:
+        if step != self._pending_step or not values:
+            self._write_pending()
+        if not values:
             super().log_metrics(metrics, step)
             return
-        writer.add_summary(Summary(value=values), step)
+        self._pending_step = step
+        self._pending.extend(values)
+
+    def _write_pending(self) -> None:
+        """Write the step's kept scalars as one event."""
+        writer = self.experiment.file_writer if self._pending else None
+        if writer is not None:
+            writer.add_summary(Summary(value=self._pending), self._pending_step)
+        else:  # none pending, or the writer was closed (finalize): add_scalar opens it again
+            for value in self._pending:
+                self.experiment.add_scalar(value.tag, value.simple_value, self._pending_step)
+        self._pending_step, self._pending = None, []
 
     def save(self) -> None:
+        self._write_pending()  # Lightning saves after writing a step's logs: the step is complete
         now = time.monotonic()
         if now - self._last_flush < self.flush_interval_sec:
             return
@@ -210,5 +227,6 @@ class BoundedFlushTensorBoardLogger(TensorBoardLogger):
 
     def finalize(self, status: str) -> None:
         if self._experiment is not None:
+            self._write_pending()
             super().save()
         super().finalize(status)

@@ -140,28 +140,31 @@ def test_tensorboard_is_not_flushed_on_every_logged_step(tmp_path, tiny_dataset,
     assert 1 <= len(flushes) <= 4  # the final flush, not one per step
 
 
-def test_the_logger_writes_each_calls_scalars_as_one_event_that_reads_back_exactly(tmp_path):
+def test_the_logger_writes_each_steps_scalars_as_one_event_that_reads_back_exactly(tmp_path):
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from brain_gen.training.performance import BoundedFlushTensorBoardLogger
 
     logger = BoundedFlushTensorBoardLogger(save_dir=str(tmp_path), name="run", default_hp_metric=False)
-    logger.log_metrics({"train/loss": torch.tensor(0.25), "lr": 1e-3, "grad_norm": 3}, step=7)
+    logger.log_metrics({"train/loss": torch.tensor(0.25), "lr": 1e-3}, step=7)
+    logger.log_metrics({"grad_norm": 3}, step=7)  # another call for the same step joins its event
     logger.log_metrics({"train/loss": 0.125}, step=8)
+    logger.save()  # Lightning saves after each logged step: that step's event is written
     logger.log_metrics({"grouped": {"a": 1.0, "b": 2.0}}, step=9)  # a dict of scalars: Lightning's own add_scalars
+    logger.log_metrics({"train/loss": 0.0625}, step=10)
     logger.finalize("success")
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
     events.Reload()
     read = {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    assert read == {"train/loss": [(7, 0.25), (8, 0.125)], "lr": [(7, pytest.approx(1e-3))], "grad_norm": [(7, 3.0)]}
+    assert read == {"train/loss": [(7, 0.25), (8, 0.125), (10, 0.0625)], "lr": [(7, pytest.approx(1e-3))], "grad_norm": [(7, 3.0)]}
     assert sorted(path.name for path in Path(logger.log_dir).iterdir() if path.is_dir()) == ["grouped_a", "grouped_b"]
-    # The three scalars of step 7 are one event on disk.
+    # The three scalars of step 7 are one event on disk, and nothing kept is lost at the end.
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     [event_file] = Path(logger.log_dir).glob("events.out.tfevents.*")
     per_event = [len(event.summary.value) for event in EventFileLoader(str(event_file)).Load() if event.HasField("summary")]
-    assert per_event == [3, 1]
+    assert per_event == [3, 1, 1]
 
 
 def test_the_trainer_profiles_nothing_cheaply_unless_the_user_names_a_profiler(tmp_path, tiny_dataset):
