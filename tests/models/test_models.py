@@ -61,6 +61,21 @@ def test_cross_entropy_of_uniform_logits_is_log_vocab():
     assert loss.metrics["accuracy"](perfect, targets).item() == 1.0
 
 
+def test_accuracy_and_f1_of_permuted_logits_with_ties_match_torchmetrics_on_the_argmax():
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    torch.manual_seed(0)
+    stored = torch.randint(0, 3, (2, 3, 5, 7)).float()  # [B, C, V, T]: few values, many ties
+    logits = stored.permute(0, 1, 3, 2)  # [B, C, T, V], a view that is not contiguous
+    targets = torch.randint(0, 5, (2, 3, 7))
+    targets[1, 2] = -100
+    expected_preds = logits.contiguous().reshape(-1, 5).argmax(dim=-1)  # the first maximal class
+    options = dict(num_classes=5, ignore_index=-100)
+    loss = CrossEntropy()
+    assert loss.metrics["accuracy"](logits, targets) == multiclass_accuracy(expected_preds, targets.reshape(-1), average="micro", **options)
+    assert loss.metrics["f1"](logits, targets) == multiclass_f1_score(expected_preds, targets.reshape(-1), average="macro", **options)
+
+
 def test_mse_skips_nan_targets():
     outputs = torch.zeros(2, 2, 3)
     targets = torch.full((2, 2, 3), 2.0)
