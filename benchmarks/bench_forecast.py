@@ -36,8 +36,8 @@ def build():
     return model.eval(), context
 
 
-def worker(use_cache: bool, connection: Connection) -> None:
-    """Wait for "run", time one 1,000-step forecast and send its seconds and codes back; "stop" ends."""
+def worker(use_cache: bool, steps: int, connection: Connection) -> None:
+    """Wait for "run", time one forecast of ``steps`` and send its seconds and codes back; "stop" ends."""
     import torch
 
     from brain_gen.config.schema import SamplingConfig
@@ -49,16 +49,16 @@ def worker(use_cache: bool, connection: Connection) -> None:
     connection.send("ready")
     while connection.recv() == "run":
         start = time.perf_counter()
-        codes = model.forecast(context, STEPS, argmax, use_cache=use_cache)
+        codes = model.forecast(context, steps, argmax, use_cache=use_cache)
         connection.send((time.perf_counter() - start, codes))
 
 
-def main(rounds: int = ROUNDS) -> list[Result]:
+def main(rounds: int = ROUNDS, steps: int = STEPS) -> list[Result]:
     context = multiprocessing.get_context("spawn")
     sides = {}
     for name, use_cache in (("cached", True), ("recompute", False)):
         parent_end, child_end = context.Pipe()
-        process = context.Process(target=worker, args=(use_cache, child_end), daemon=True)
+        process = context.Process(target=worker, args=(use_cache, steps, child_end), daemon=True)
         process.start()
         sides[name] = (process, parent_end)
     for _, connection in sides.values():
@@ -85,11 +85,11 @@ def main(rounds: int = ROUNDS) -> list[Result]:
             process.join(timeout=30)
     ratio = statistics.median(ratios)
     print(
-        f"forecast {STEPS} steps: cached {statistics.median(seconds['cached']):.2f} s, "
+        f"forecast {steps} steps: cached {statistics.median(seconds['cached']):.2f} s, "
         f"recompute {statistics.median(seconds['recompute']):.2f} s, median speed-up {ratio:.1f}x (target >= 10x)"
     )
     measured = f"{ratio:.1f}x ({statistics.median(seconds['cached']):.2f} s against {statistics.median(seconds['recompute']):.1f} s)"
-    return [Result("bench_forecast", f"forecast of {STEPS} steps, KV cache speed-up over recompute", measured, ">= 10x", ratio >= 10)]
+    return [Result("bench_forecast", f"forecast of {steps} steps, KV cache speed-up over recompute", measured, ">= 10x", ratio >= 10)]
 
 
 if __name__ == "__main__":
