@@ -47,9 +47,10 @@ def empty_page_aligned(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) 
     Direct I/O can send page-aligned memory to the disk without a copy (see
     brain_gen.training.checkpointing). Small tensors come from ``torch.empty``. From
     4 MiB on the memory is also advised for 2 MiB pages, as in
-    ``empty_huge_page_backed``: a checkpoint's first snapshot fills hundreds of MB of
-    fresh memory on the training thread, and 4 KiB page faults made that save cost
-    several times the later ones, which reuse the memory.
+    ``empty_huge_page_backed``: filling hundreds of MB of fresh memory costs a page
+    fault per 4 KiB page, several times the copy itself, and where the kernel hands out
+    huge pages that drops to one fault per 2 MiB. (Where it does not, the snapshot
+    memory is still faulted in off the training thread: ``prepare_snapshot_memory``.)
     """
     size = math.prod(shape) * dtype.itemsize
     if size >= PAGE_ALIGNED_MIN_BYTES:
