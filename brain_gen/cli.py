@@ -71,6 +71,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+# The baselines' model orders when the command line names none (brain-gen baselines).
+DEFAULT_AR_ORDERS = (1, 2, 4, 8, 16)
+DEFAULT_VAR_ORDERS = (1, 2, 4)
+
+
+def orders(text: str) -> tuple[int, ...]:
+    """Comma-separated model orders of at least 1 (``1,2,4``); empty for none."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = (0,)
+    if any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers of at least 1, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="brain-gen", description="Train models of brain signals from YAML configs.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
@@ -90,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer.add_argument("--max-windows", type=positive_int, help="train on at most this many training windows")
     for role, token in DEFAULT_SPECIAL_TOKENS.items():
         tokenizer.add_argument(f"--{role.replace('_', '-')}", default=token, help=f"the {role.split('_')[0]} token (default: {token})")
+    baselines = commands.add_parser(
+        "baselines", help="score closed-form references (unigram, AR, VAR) on the config's splits, as val/loss is scored"
+    )
+    _add_run_arguments(baselines)
+    baselines.add_argument("--ar", type=orders, default=DEFAULT_AR_ORDERS, help=f"AR orders, comma-separated (default: {','.join(map(str, DEFAULT_AR_ORDERS))})")
+    baselines.add_argument("--var", type=orders, default=DEFAULT_VAR_ORDERS, help=f"VAR orders, comma-separated; empty for none (default: {','.join(map(str, DEFAULT_VAR_ORDERS))})")
+    baselines.add_argument("--overwrite", action="store_true", help="replace the baselines.json of an earlier run")
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint: teacher-forced metrics, generated continuations, plots")
     _add_run_arguments(evaluate)
     evaluate.add_argument("--ckpt", required=True, help="checkpoint file, or last / best: the newest one under save_dir")
@@ -123,8 +146,24 @@ def run_train(args: argparse.Namespace) -> None:
     experiment = ExperimentDL(args.config, args.overrides, eval_process=args.eval_process)
     trainer = experiment.train()
     print(f"logs and checkpoints: {trainer.logger.log_dir}")
+    print_against_baselines(experiment)
     print_evaluations(experiment)
     print(f"open TensorBoard with: tensorboard --logdir {experiment.save_dir}")
+
+
+def print_against_baselines(experiment) -> None:
+    """The run's best val/loss next to the strongest baseline in save_dir/baselines.json, when there is one."""
+    from brain_gen.eval.baselines import read_baselines, strongest
+
+    best = min((float(callback.best_model_score) for callback in experiment.trainer.checkpoint_callbacks
+                if getattr(callback, "monitor", None) == "val/loss" and callback.best_model_score is not None), default=None)
+    found = read_baselines(experiment.save_dir)
+    reference = strongest(found) if found else None
+    if best is None or reference is None:
+        return
+    name, nats = reference
+    verdict = "below" if best < nats else "not below"
+    print(f"best val/loss {best:.4f}: {verdict} the strongest baseline, {name} at {nats:.4f} ({experiment.save_dir / 'baselines.json'})")
 
 
 def print_evaluations(experiment) -> None:
@@ -197,6 +236,20 @@ def run_generate(args: argparse.Namespace) -> None:
     print(f"look at it with: python -c \"import mne; mne.io.read_raw_fif('{path}').plot(block=True)\"")
 
 
+def run_baselines(args: argparse.Namespace) -> None:
+    from brain_gen.eval.baselines import compute_baselines, table, write_baselines
+    from brain_gen.training.train import ExperimentDL
+
+    # Reads the data only: no model, no Trainer.
+    experiment = ExperimentDL(args.config, args.overrides, check_trainer=False)
+    experiment.build_datasets()
+    result = compute_baselines(experiment.datasets, args.ar, args.var)
+    path = write_baselines(result, experiment.save_dir, overwrite=args.overwrite)
+    print(f"closed-form baselines, {result['unit']} (lower is better):")
+    print(table(result))
+    print(f"written to {path}")
+
+
 def run_tokenizer_text(args: argparse.Namespace) -> None:
     from brain_gen.training.train import ExperimentDL
 
@@ -266,6 +319,7 @@ COMMANDS = {
     "eval": run_eval,
     "generate": run_generate,
     "tokenizer-text": run_tokenizer_text,
+    "baselines": run_baselines,
     "prepare": run_prepare,
     "demo": run_demo,
 }
