@@ -8,6 +8,10 @@ MODELS = {
     "TextGPT": "brain_gen.models.text_gpt:TextGPT",
     "ConvClassifier": "brain_gen.models.conv_classifier:ConvClassifier",
     "WaveNet": "brain_gen.models.wavenet:WaveNet",
+    "CNNUnivariate": "brain_gen.models.cnn:CNNUnivariate",
+    "CNNMultivariate": "brain_gen.models.cnn:CNNMultivariate",
+    "CNNUnivariateQuantized": "brain_gen.models.cnn:CNNUnivariateQuantized",
+    "CNNMultivariateQuantized": "brain_gen.models.cnn:CNNMultivariateQuantized",
 }
 
 # Prefix torch.compile puts on parameter names when a compiled module itself is saved.

@@ -405,15 +405,18 @@ def model_fit_problems(model: nn.Module, dataset: Any, resume_context: ResumeCon
     resume counts as its new geometry.
     """
     problems = []
+    # A model whose constructor names these differently says so (``config_keys``), so that
+    # the message names the key the user wrote.
+    keys = {"num_channels": "num_channels", "vocab_size": "vocab_size", **getattr(model, "config_keys", {})}
     model_channels = getattr(model, "num_channels", None)
     data_channels = getattr(dataset, "num_channels", None)
     if model_channels is not None and data_channels is not None and model_channels != data_channels:
-        problems.append(f"model_config.num_channels: {model_channels}, but the data has {data_channels} channels; set it to {data_channels}")
+        problems.append(f"model_config.{keys['num_channels']}: {model_channels}, but the data has {data_channels} channels; set it to {data_channels}")
     model_vocab = getattr(model, "vocab_size", None)
     # A text loader's tokenizer, when there is one, decides the vocabulary.
     data_vocab = getattr(loader, "vocab_size", None) or getattr(dataset, "vocab_size", None)
     if model_vocab is not None and data_vocab is not None and model_vocab < data_vocab:
-        problems.append(f"model_config.vocab_size: {model_vocab}, but the data has {data_vocab} codes or tokens; set it to {data_vocab}")
+        problems.append(f"model_config.{keys['vocab_size']}: {model_vocab}, but the data has {data_vocab} codes or tokens; set it to {data_vocab}")
     model_classes, data_classes = getattr(model, "n_classes", None), getattr(dataset, "num_classes", None)
     if model_classes is not None and data_classes is not None and model_classes != data_classes:
         problems.append(f"model_config.n_classes: {model_classes}, but the data has {data_classes} classes; set it to {data_classes}")
