@@ -12,6 +12,7 @@ MODELS = {
     "CNNMultivariate": "brain_gen.models.cnn:CNNMultivariate",
     "CNNUnivariateQuantized": "brain_gen.models.cnn:CNNUnivariateQuantized",
     "CNNMultivariateQuantized": "brain_gen.models.cnn:CNNMultivariateQuantized",
+    "HFCausalLM": "brain_gen.models.hf_causal_lm:HFCausalLM",
 }
 
 # Prefix torch.compile puts on parameter names when a compiled module itself is saved.

@@ -92,3 +92,23 @@ def test_a_channel_count_that_does_not_fit_names_in_channels(tmp_path, tiny_data
     assert main(["validate", str(write_config(tmp_path, config))]) == 2
     err = capsys.readouterr().err
     assert "model_config.in_channels: 3, but the data has 4 channels" in err
+
+
+def test_the_cnn_and_hf_examples_train_briefly_and_compare_with_the_baselines(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from brain_gen.demo import make_synthetic_dataset
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    make_synthetic_dataset(tmp_path / "demo_run" / "data", n_sessions=6, session_seconds=20.0, chunk_seconds=10.0)
+    (tmp_path / "examples").mkdir()
+    quick = ["--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=3", "--set", "trainer.limit_val_batches=2",
+             "--set", "eval_runner.enabled=false"]
+    for name in ("cnn_quantized.yaml", "hf_llama.yaml"):
+        shutil.copy(examples / name, tmp_path / "examples" / name)
+        example = str(tmp_path / "examples" / name)
+        assert main(["baselines", example, "--ar", "1,2", "--var", "1"]) == 0
+        capsys.readouterr()
+        assert main(["train", example, *quick]) == 0
+        assert "strongest baseline" in capsys.readouterr().out
