@@ -5,6 +5,7 @@ from typing import Any
 # Built-in model classes by config name (`model_name`).
 MODELS = {
     "ChannelGPT": "brain_gen.models.channel_gpt:ChannelGPT",
+    "SpaceTimeGPT": "brain_gen.models.space_time_gpt:SpaceTimeGPT",
     "TextGPT": "brain_gen.models.text_gpt:TextGPT",
     "ConvClassifier": "brain_gen.models.conv_classifier:ConvClassifier",
     "WaveNet": "brain_gen.models.wavenet:WaveNet",

@@ -84,13 +84,18 @@ class ChannelGPT(nn.Module):
         super().__init__()
         if num_channels < 1:
             raise ValueError(f"num_channels must be at least 1, got {num_channels}")
-        self.transformer = CausalTransformer(vocab_size, d_model, n_layers, n_heads, dropout, max_position_embeddings, rope_theta)
+        self.transformer = self.make_transformer(num_channels, vocab_size, d_model, n_layers, n_heads, dropout, max_position_embeddings, rope_theta)
         self.channel_embedding = nn.Embedding(num_channels, d_model)
         init_weights(self.channel_embedding)
         self.vocab_size = vocab_size
         self.num_channels = num_channels
         self.configured_token_corruption = TokenCorruption.from_mapping(token_corruption_cfg)
         self.token_corruption = self.configured_token_corruption
+
+    @staticmethod
+    def make_transformer(num_channels: int, *arguments: Any) -> CausalTransformer:
+        """The shared transformer over each channel's sequence (``CausalTransformer``'s arguments after the channel count)."""
+        return CausalTransformer(*arguments)
 
     @property
     def max_position_embeddings(self) -> int:
@@ -120,7 +125,7 @@ class ChannelGPT(nn.Module):
             channels, steps = input_shape
             if channels != self.num_channels:
                 raise ValueError(
-                    f"input_shape has {channels} channels but ChannelGPT has {self.num_channels} learned "
+                    f"input_shape has {channels} channels but {type(self).__name__} has {self.num_channels} learned "
                     "channel embeddings; the channel count cannot change on resume"
                 )
             if max_position_embeddings is not None and max_position_embeddings < steps:
@@ -155,7 +160,7 @@ class ChannelGPT(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         batch, channels, time = codes.shape
         if channels != self.num_channels:
-            raise ValueError(f"ChannelGPT was built for {self.num_channels} channels, got input with {channels}")
+            raise ValueError(f"{type(self).__name__} was built for {self.num_channels} channels, got input with {channels}")
         channel_ids = torch.arange(channels, device=codes.device)
         x = self.transformer.token_embedding(self.corrupt(codes)) + self.channel_embedding(channel_ids)[None, :, None, :]
         logits = self.transformer(x.reshape(batch * channels, time, -1))

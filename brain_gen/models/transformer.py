@@ -175,8 +175,15 @@ class CausalTransformer(nn.Module):
             raise ValueError(f"sequence of {time} steps exceeds max_position_embeddings={self.max_position_embeddings}")
         x = self.dropout(x)
         cos, sin = self.rope_cos[:time], self.rope_sin[:time]
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        for layer, block in enumerate(self.blocks):
+            x = self.after_block(layer, block(x, cos, sin))
+        return x
+
+    def after_block(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """What runs on the output ``[N, t, d_model]`` of block ``layer``, in training and generation alike.
+
+        Nothing here; a subclass adds to it (SpaceTimeGPT mixes channels there).
+        """
         return x
 
     def new_cache(self, sequences: int) -> KVCache:
@@ -196,7 +203,7 @@ class CausalTransformer(nn.Module):
             raise ValueError(f"cache of {end} steps exceeds max_position_embeddings={self.max_position_embeddings}")
         cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         for layer, block in enumerate(self.blocks):
-            x = block.forward_cached(x, cos, sin, cache.keys[layer], cache.values[layer], start)
+            x = self.after_block(layer, block.forward_cached(x, cos, sin, cache.keys[layer], cache.values[layer], start))
         cache.length = end
         return self.head(self.final_norm(x[:, -1]))
 
