@@ -625,7 +625,7 @@ class ExperimentConfig(Section):
         "and the eval runner's sampling all derive from it, so a run repeats exactly (with trainer.deterministic on GPU). "
         "null draws a random seed; the seed in force is written to the run's config.yaml either way.",
     )
-    model_name: str = Field(description="Model class: a built-in name (ChannelGPT, TextGPT, WaveNet, ConvClassifier, HFCausalLM, CNNUnivariate, CNNMultivariate, CNNUnivariateQuantized, CNNMultivariateQuantized) or an import path.")
+    model_name: str = Field(description="Model class: a built-in name (ChannelGPT, SpaceTimeGPT, TextGPT, WaveNet, ConvClassifier, HFCausalLM, CNNUnivariate, CNNMultivariate, CNNUnivariateQuantized, CNNMultivariateQuantized) or an import path.")
     loss_name: str = Field(description="Loss class: a built-in name (CrossEntropy, MSE) or an import path.")
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict,

@@ -94,7 +94,7 @@ def test_a_channel_count_that_does_not_fit_names_in_channels(tmp_path, tiny_data
     assert "model_config.in_channels: 3, but the data has 4 channels" in err
 
 
-def test_the_cnn_and_hf_examples_train_briefly_and_compare_with_the_baselines(tmp_path, capsys):
+def test_the_model_examples_train_briefly_and_compare_with_the_baselines(tmp_path, capsys):
     import shutil
     from pathlib import Path
 
@@ -105,7 +105,7 @@ def test_the_cnn_and_hf_examples_train_briefly_and_compare_with_the_baselines(tm
     (tmp_path / "examples").mkdir()
     quick = ["--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=3", "--set", "trainer.limit_val_batches=2",
              "--set", "eval_runner.enabled=false"]
-    for name in ("cnn_quantized.yaml", "hf_llama.yaml"):
+    for name in ("cnn_quantized.yaml", "hf_llama.yaml", "space_time_gpt.yaml"):
         shutil.copy(examples / name, tmp_path / "examples" / name)
         example = str(tmp_path / "examples" / name)
         assert main(["baselines", example, "--ar", "1,2", "--var", "1"]) == 0
