@@ -63,3 +63,23 @@ def test_a_wrong_backbone_is_one_line_naming_model_config(tmp_path, tiny_dataset
     assert main(["validate", str(write_config(tmp_path, config))]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("brain-gen: error: model_config:") and "not-a-model" in line
+
+
+def test_a_backbone_trains_on_bpe_text_and_continues_text_as_recomputation_does(tmp_path, tiny_dataset, text_tokenizer):
+    from tests.conftest import text_changes, with_changes
+
+    config = with_changes(tiny_config(tmp_path / "runs", tiny_dataset, trainer=QUICK), **text_changes(text_tokenizer))
+    config["model_name"] = "HFCausalLM"
+    config["model_config"] = {"model_type": "llama", "num_channels": 4, "vocab_size": 400, **BACKBONES["llama"], "max_position_embeddings": 512}
+    config["eval_runner"] = {"enabled": False}
+    experiment = ExperimentDL(config)
+    experiment.train()
+    assert experiment.trainer.global_step == 3 and torch.isfinite(experiment.trainer.callback_metrics["val/loss"])
+    model = experiment.model
+    ids = torch.randint(0, 400, (2, 12))
+    context = (ids, torch.ones_like(ids), torch.randint(-1, 4, (2, 12)))
+    argmax = SamplingConfig(strategy="argmax")
+    next_channel = lambda history: history[:, -1] % 4  # any rule the caller has for the newest token's channel
+    cached = model.forecast(context, 8, argmax, next_channel_ids=next_channel)
+    assert cached.shape == (2, 8)
+    assert torch.equal(cached, model.forecast(context, 8, argmax, use_cache=False, next_channel_ids=next_channel))
