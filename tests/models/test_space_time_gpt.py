@@ -77,3 +77,14 @@ def test_a_channel_that_copies_another_is_predicted_far_better_than_by_channel_g
         experiment.train()
         scores[name] = held_out_nats_of_channel(experiment, channel=1)
     assert scores["SpaceTimeGPT"] < scores["ChannelGPT"] - 1.0  # nats per code; about 2 when measured
+
+
+def test_resize_context_keeps_the_weights_and_accepts_longer_windows():
+    torch.manual_seed(2)
+    model = SpaceTimeGPT(vocab_size=16, num_channels=3, d_model=16, n_layers=2, n_heads=2, max_position_embeddings=8).eval()
+    codes = torch.randint(0, 16, (1, 3, 8))
+    before = model(codes)
+    model.resize_context(input_shape=[3, 20])
+    assert model.max_position_embeddings == 20
+    assert torch.allclose(model(codes), before)  # rotary positions: the first 8 steps read the same
+    assert model(torch.randint(0, 16, (1, 3, 20))).shape == (1, 3, 20, 16)
