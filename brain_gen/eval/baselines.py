@@ -54,18 +54,29 @@ class Window:
     scored: np.ndarray
 
 
-def windows_of(dataset: ChunkDataset) -> list[Window]:
-    """Every window of a ChunkDataset split, in its order, as the model sees it."""
-    found = []
-    for index in range(len(dataset)):
-        inputs, targets = dataset[index]
-        scored = (targets != IGNORE_INDEX).all(dim=1)
-        codes = torch.cat([inputs, targets[:, -1:]], dim=1)
-        codes[~scored] = 0
-        values = mu_law_decode(codes, dataset.mu, dataset.max_val).double().numpy()
-        values[~scored.numpy()] = 0.0  # a missing channel is no one's input either
-        found.append(Window(values, codes.numpy(), scored.numpy()))
-    return found
+class Windows:
+    """Every window of a ChunkDataset split, in its order, as the model sees it; read again at each pass.
+
+    Not kept in memory: a split of 10 s MEG windows holds gigabytes in float64, and every
+    fit and score is one pass over it.
+    """
+
+    def __init__(self, dataset: ChunkDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        dataset = self.dataset
+        for index in range(len(dataset)):
+            inputs, targets = dataset[index]
+            scored = (targets != IGNORE_INDEX).all(dim=1)
+            codes = torch.cat([inputs, targets[:, -1:]], dim=1)
+            codes[~scored] = 0
+            values = mu_law_decode(codes, dataset.mu, dataset.max_val).double().numpy()
+            values[~scored.numpy()] = 0.0  # a missing channel is no one's input either
+            yield Window(values, codes.numpy(), scored.numpy())
 
 
 def lagged(values: np.ndarray, order: int) -> np.ndarray:
@@ -104,9 +115,9 @@ class LinearPredictor:
         return f"{'VAR' if self.mixing else 'AR'}({self.order})"
 
     @classmethod
-    def fit_ar(cls, windows: list[Window], order: int) -> LinearPredictor:
+    def fit_ar(cls, windows: Windows, order: int) -> LinearPredictor:
         """Each channel from its own lags, on every window where the channel is present."""
-        channels = len(windows[0].values)
+        channels = windows.dataset.num_channels
         gram, cross = np.zeros((channels, order + 1, order + 1)), np.zeros((channels, order + 1))
         squares, counts = np.zeros(channels), np.zeros(channels)
         for window in windows:
@@ -124,22 +135,23 @@ class LinearPredictor:
         return cls(order, False, weights, _scale(residual, counts))
 
     @classmethod
-    def fit_var(cls, windows: list[Window], order: int) -> LinearPredictor:
+    def fit_var(cls, windows: Windows, order: int) -> LinearPredictor:
         """Every channel from the lags of all, on the windows where every channel is present (one shared design)."""
-        complete = [window for window in windows if window.scored.all()]
-        if not complete:
-            raise ConfigError("datasplitter: no training window has every channel; VAR baselines need some")
-        channels = len(windows[0].values)
+        channels = windows.dataset.num_channels
         features = 1 + channels * order
         gram, cross = np.zeros((features, features)), np.zeros((features, channels))
         squares, counts = np.zeros(channels), 0
-        for window in complete:
+        for window in windows:
+            if not window.scored.all():
+                continue
             design = all_lags(window.values, order)
             targets = window.values[:, 1:].T  # [T, C]
             gram += design.T @ design
             cross += design.T @ targets
             squares += (targets**2).sum(axis=0)
             counts += len(targets)
+        if not counts:
+            raise ConfigError("datasplitter: no training window has every channel; VAR baselines need some")
         weights = np.linalg.lstsq(gram, cross, rcond=None)[0]  # [F, C]
         residual = squares - 2 * np.einsum("fc,fc->c", weights, cross) + np.einsum("fc,fg,gc->c", weights, gram, weights)
         return cls(order, True, weights, _scale(residual, np.full(channels, counts)))
@@ -174,7 +186,7 @@ def log_interval_mass(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return log_b + np.log1p(-np.exp(log_a - log_b))
 
 
-def gaussian_code_nats(predictor: LinearPredictor, windows: list[Window], edges: np.ndarray) -> float:
+def gaussian_code_nats(predictor: LinearPredictor, windows: Windows, edges: np.ndarray) -> float:
     """Mean cross-entropy, in nats per code, of the predictor's Gaussian over the scored codes."""
     total, count = 0.0, 0
     for window in windows:
@@ -189,14 +201,18 @@ def gaussian_code_nats(predictor: LinearPredictor, windows: list[Window], edges:
     return total / count
 
 
-def unigram_nats(train: list[Window], scored: list[Window], vocabulary: int) -> float:
+def unigram_nats(train: Windows, scored: Windows, vocabulary: int) -> float:
     """Cross-entropy of the training split's code frequencies (one added count per code) on ``scored``."""
     counts = np.ones(vocabulary)
     for window in train:
         np.add.at(counts, window.codes[window.scored][:, 1:].ravel(), 1)
     log_p = np.log(counts / counts.sum())
-    total = sum(float(-log_p[window.codes[window.scored][:, 1:]].sum()) for window in scored)
-    return total / sum(int(window.scored.sum()) * (window.codes.shape[1] - 1) for window in scored)
+    total, count = 0.0, 0
+    for window in scored:
+        targets = window.codes[window.scored][:, 1:]
+        total += float(-log_p[targets].sum())
+        count += targets.size
+    return total / count
 
 
 def compute_baselines(datasets: dict[str, Any], ar_orders: tuple[int, ...], var_orders: tuple[int, ...]) -> dict[str, Any]:
@@ -205,10 +221,10 @@ def compute_baselines(datasets: dict[str, Any], ar_orders: tuple[int, ...], var_
     if not isinstance(train_set, ChunkDataset):
         kind = type(train_set).__name__ if train_set is not None else "none"
         raise ConfigError(f"datasplitter.dataset_class: baselines score mu-law codes and need ChunkDataset, got {kind}")
-    train = windows_of(train_set)
-    if not train:
+    train = Windows(train_set)
+    if not len(train):
         raise ConfigError("datasplitter: the training split has no windows to fit the baselines on")
-    scored_splits = {name: windows_of(datasets[name]) for name in ("val", "test") if name in datasets and len(datasets[name])}
+    scored_splits = {name: Windows(datasets[name]) for name in ("val", "test") if name in datasets and len(datasets[name])}
     if not scored_splits:
         raise ConfigError("datasplitter.val_ratio: baselines need a validation or test split to score on; both are empty")
     edges = code_edges(train_set.mu, train_set.max_val)
