@@ -25,9 +25,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.run_all
 
-# Regenerate docs/configuration.md from the config schema.
+# Regenerate docs/configuration.md from the config schema and docs/python-api.md from the docstrings.
 docs: $(STAMP)
 	$(VENV)/bin/python -m brain_gen.config.docs
+	$(VENV)/bin/python -m brain_gen.api_docs
 
 clean:
 	rm -rf $(VENV) demo_run

@@ -190,6 +190,10 @@ class MixupCollate:
 class MixupDataLoader(DataLoader):
     """A DataLoader whose batches are MixUp blends (training) or quantized only (``mix=False``).
 
+    Batches are ``(inputs, targets)``: float inputs ``[B, C, T]`` (int64 codes with
+    ``quantize``), and targets blended as the dataset gives them (float ``[B, C, T]``)
+    or, for integer targets, probabilities ``[B, ..., num_classes]``.
+
     Args:
         dataset: any dataset of ``(inputs, targets)`` pairs.
         options: :class:`~brain_gen.config.schema.MixupOptions` (the `dataloader` keys

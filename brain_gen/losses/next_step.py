@@ -107,6 +107,9 @@ class CrossEntropy(nn.Module):
 class MSE(nn.Module):
     """Mean squared error over finite targets; NaN targets (missing channels) are skipped.
 
+    Predictions and targets of one shape (``[B, C, T]`` for next-step models), in the
+    signal's units; the loss is in those units squared.
+
     Metric: ``mae``, the mean absolute error over the same positions.
     """
 

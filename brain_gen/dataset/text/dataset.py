@@ -36,6 +36,9 @@ class ChannelGroups(list):
 class BPEDataset(ChunkDataset):
     """Windows of mu-law codes rendered as text groups for BPE.
 
+    Each sample is one window's codes, int64 ``[C, L]`` (C channels, L samples), which
+    TextDataLoader's collate renders as text, tokenizes and pads to token ids ``[B, T]``.
+
     Args:
         split: the split to read.
         max_val, mu: the mu-law coding (as ChunkDataset).
