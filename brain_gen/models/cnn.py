@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brain_gen.config.schema import SamplingConfig
-from brain_gen.models.sampling import generating, sample_next
+from brain_gen.models.sampling import check_code_context, generating, sample_per_channel
 
 
 def receptive_field(num_layers: int, kernel_size: int) -> int:
@@ -164,10 +164,7 @@ class CNNMultivariateQuantized(nn.Module):
         (``use_cache`` is accepted for the common interface; there is nothing to cache).
         Codes are drawn by ``sampling`` (default ``SamplingConfig()``) through ``generator``.
         """
-        expected = getattr(self, "num_channels", None)
-        if context.dim() != 3 or context.is_floating_point() or context.shape[2] < 1 or (expected is not None and context.shape[1] != expected):
-            wanted = f"[batch, {expected}, time >= 1]" if expected is not None else "[batch, channels, time >= 1]"
-            raise ValueError(f"{type(self).__name__}.forecast expects int64 codes {wanted}, got {context.dtype} {tuple(context.shape)}")
+        check_code_context(self, context)
         sampling = sampling or SamplingConfig()
         batch, channels, time = context.shape
         with generating(self):
@@ -176,7 +173,7 @@ class CNNMultivariateQuantized(nn.Module):
             for step in range(time, time + steps):
                 seen = codes[:, :, max(0, step - self.receptive_field) : step]
                 logits = self(seen)[:, :, -1]  # [B, C, V]
-                codes[:, :, step] = sample_next(logits.reshape(batch * channels, -1), sampling, generator).view(batch, channels)
+                codes[:, :, step] = sample_per_channel(logits, sampling, generator)
         return codes[:, :, time:].clone()
 
 

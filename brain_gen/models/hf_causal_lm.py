@@ -143,7 +143,7 @@ class HFCausalLM(nn.Module):
             self._continue(
                 time, steps, use_cache,
                 lambda start, end: self.embed(codes[:, :, start:end]),
-                lambda step, logits: codes[:, :, step].copy_(sample_next(logits.float(), sampling, generator).view(batch, channels)),
+                lambda step, logits: codes[:, :, step].copy_(sample_next(logits, sampling, generator).view(batch, channels)),
             )
         return codes[:, :, time:].clone()
 
@@ -158,7 +158,7 @@ class HFCausalLM(nn.Module):
             ids[:, :time], channels[:, :time] = input_ids, channel_ids
 
             def draw(step: int, logits: torch.Tensor) -> None:
-                ids[:, step] = sample_next(logits.float(), sampling, generator)
+                ids[:, step] = sample_next(logits, sampling, generator)
                 if next_channel_ids is not None:
                     channels[:, step] = next_channel_ids(ids[:, : step + 1])
 

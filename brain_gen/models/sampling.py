@@ -66,9 +66,20 @@ def generating(module: nn.Module) -> Iterator[None]:
 
 
 def check_code_context(model: nn.Module, context: torch.Tensor) -> None:
-    """Refuse a forecast context that is not int64 codes ``[batch, model.num_channels, time >= 1]``."""
-    if context.dim() != 3 or context.shape[1] != model.num_channels or context.is_floating_point() or context.shape[2] < 1:
+    """Refuse a forecast context that is not int64 codes ``[batch, model.num_channels, time >= 1]``.
+
+    A model whose ``num_channels`` is None takes any number of channels (each on its own).
+    """
+    expected = model.num_channels
+    if context.dim() != 3 or (expected is not None and context.shape[1] != expected) or context.is_floating_point() or context.shape[2] < 1:
+        channels = "channels" if expected is None else expected
         raise ValueError(
-            f"{type(model).__name__}.forecast expects int64 codes [batch, {model.num_channels}, time >= 1], "
+            f"{type(model).__name__}.forecast expects int64 codes [batch, {channels}, time >= 1], "
             f"got {context.dtype} {tuple(context.shape)}"
         )
+
+
+def sample_per_channel(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One code per channel of logits ``[B, C, V]``, drawn as ``sample_next`` draws: int64 ``[B, C]``."""
+    batch, channels, _ = logits.shape
+    return sample_next(logits.reshape(batch * channels, -1), sampling, generator).view(batch, channels)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brain_gen.config.schema import SamplingConfig
-from brain_gen.models.sampling import check_code_context, generating, sample_next
+from brain_gen.models.sampling import check_code_context, generating, sample_per_channel
 
 
 class GatedResidualLayer(nn.Module):
@@ -133,16 +133,12 @@ class WaveNet(nn.Module):
         check_code_context(self, context)
         sampling = sampling or SamplingConfig()
         batch, channels, time = context.shape
-
-        def pick(logits: torch.Tensor) -> torch.Tensor:  # [B, C, V] -> [B, C]
-            return sample_next(logits.reshape(batch * channels, -1), sampling, generator).view(batch, channels)
-
         with generating(self):
             codes = torch.empty(batch, channels, time + steps, dtype=torch.long, device=context.device)
             codes[:, :, :time] = context
             if not use_cache:
                 for step in range(time, time + steps):
-                    codes[:, :, step] = pick(self(codes[:, :, :step])[:, :, -1])
+                    codes[:, :, step] = sample_per_channel(self(codes[:, :, :step])[:, :, -1], sampling, generator)
                 return codes[:, :, time:].clone()
             x, skips, pasts = self.mixed_embedding(context.long()), 0, []
             for layer in self.layers:
@@ -156,5 +152,5 @@ class WaveNet(nn.Module):
                     for index, layer in enumerate(self.layers):
                         x, skip, pasts[index] = layer.step(x, pasts[index])
                         skips = skips + skip
-                codes[:, :, step] = pick(self.code_logits(skips[:, :, -1:])[:, :, -1])
+                codes[:, :, step] = sample_per_channel(self.code_logits(skips[:, :, -1:])[:, :, -1], sampling, generator)
         return codes[:, :, time:].clone()
