@@ -178,6 +178,9 @@ def examples_figure(
                       fontsize="small")
         ax.set_xlim(context_times[0] if context_times.size else 0.0, continuation_times[-1])
         ax.set_title(f"context {example}", fontsize="small", loc="left")
+    # The panels share one time axis; tick labels under every panel ran into the next title.
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
     axes[0].legend(loc="upper right", fontsize="x-small", ncols=3)
     axes[-1].set_xlabel("time since the end of the context (s)")
     return figure
