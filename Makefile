@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install docs bench clean
+.PHONY: demo test install docs bench readme-figure clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/python -m brain_gen.config.docs
 	$(VENV)/bin/python -m brain_gen.api_docs
+
+# The README's picture, docs/images/demo_psd.png, from a fresh demo run (a few minutes).
+readme-figure: $(STAMP)
+	$(VENV)/bin/python docs/make_readme_figure.py
 
 clean:
 	rm -rf $(VENV) demo_run
