@@ -30,7 +30,7 @@ docs: $(STAMP)
 	$(VENV)/bin/python -m brain_gen.config.docs
 	$(VENV)/bin/python -m brain_gen.api_docs
 
-# The README's picture, docs/images/demo_psd.png, from a fresh demo run (a few minutes).
+# The README's picture, docs/images/demo_psd.png, from a fresh demo run (about a minute).
 readme-figure: $(STAMP)
 	$(VENV)/bin/python docs/make_readme_figure.py
 

@@ -21,25 +21,30 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "images" / "demo_psd.png"
 
 
 def final_psd_plot(run_dir: Path) -> Path:
-    """The psd.png of the eval runner's evaluation with the highest step in run_dir/evals.
+    """The psd.png of the eval runner's evaluation of the run's final last-checkpoint.
 
     Only folders named exactly epoch=E-step=S count: `brain-gen eval` of the same
-    checkpoint writes epoch=E-step=S-2 beside them.
+    checkpoint writes epoch=E-step=S-2 beside them. An older evaluation is refused
+    rather than taken, since the picture is meant to show the trained model.
     """
     steps = {}
     for plot in run_dir.glob("evals/*/psd.png"):
         named = re.fullmatch(r"epoch=\d+-step=(\d+)", plot.parent.name)
         if named:
             steps[plot] = int(named.group(1))
-    if not steps:
-        raise SystemExit(f"{run_dir}: no evals/epoch=E-step=S/psd.png; train with eval_runner.enabled first")
-    return max(steps, key=steps.get)
+    last_steps = [int(re.search(r"step=(\d+)", path.name).group(1)) for path in run_dir.glob("checkpoints/last-checkpoint-*.ckpt")]
+    if not steps or not last_steps:
+        raise SystemExit(f"{run_dir}: no evals/epoch=E-step=S/psd.png or no last-checkpoint; train with eval_runner.enabled first")
+    newest = max(steps, key=steps.get)
+    if steps[newest] != max(last_steps):
+        raise SystemExit(f"{run_dir}: the newest evaluation is of step {steps[newest]}, the final checkpoint is of step "
+                         f"{max(last_steps)}; see {run_dir / 'evals'} for why it was not evaluated")
+    return newest
 
 
 def demo_run_dir(workspace: Path) -> Path:
     """Run the demo in workspace and return its run folder."""
-    command = [str(Path(sys.executable).with_name("brain-gen")), "demo", "--out", str(workspace)]
-    subprocess.run(command, check=True)
+    subprocess.run([sys.executable, "-m", "brain_gen", "demo", "--out", str(workspace)], check=True)
     return max((workspace / "runs" / "logs").glob("version_*"), key=lambda path: int(path.name.split("_")[1]))
 
 

@@ -4,7 +4,8 @@ The tutorial is read as a reader reads it. A code block right after a line endin
 "Save this as `NAME`:" is written to NAME; any other `bash` block is run with bash and
 any other `python` block with Python, in one fresh folder, each of which must succeed.
 A `text` block after a line ending in "it prints:" must appear, line by line, in what
-the command before it printed. The `tensorboard` command is started, asked over HTTP
+the command before it printed; other `text` blocks are pictures of files. Any other
+block stops the test, so that none is skipped in silence. The `tensorboard` command is started, asked over HTTP
 for the scalars and images the tutorial points at, and stopped. `sbatch` and `srun` are
 stand-ins (there is no SLURM here) that run the job at once as SLURM would start one
 node of it.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +66,8 @@ class Block:
 
 
 def blocks(markdown: str) -> list[Block]:
+    # A fence this pattern misses (indented, ~~~) would hide a block from the test.
+    assert markdown.count("```") == 2 * len(FENCE.findall(markdown)) and "~~~" not in markdown, "a code fence the test cannot read"
     found, previous_end = [], 0
     for match in FENCE.finditer(markdown):
         lines = [line.strip() for line in markdown[previous_end : match.start()].splitlines() if line.strip()]
@@ -129,7 +134,7 @@ def tutorial(tmp_path_factory) -> dict:
         (bin_dir / name).write_text(script)
         (bin_dir / name).chmod(0o755)
     environment = reader_environment(bin_dir)
-    observed = {"work": work, "commands": [], "tensorboard": None}
+    observed = {"work": work, "commands": [], "tensorboard": None, "outputs_checked": 0}
     last_output = ""
     for block in blocks(TUTORIAL.read_text()):
         saved_as = SAVE_AS.search(block.lead)
@@ -146,6 +151,9 @@ def tutorial(tmp_path_factory) -> dict:
         elif block.language == "text" and block.lead.endswith("it prints:"):
             missing = [line for line in block.body.splitlines() if line.strip() and line not in last_output]
             assert not missing, f"the tutorial shows output that the command did not print: {missing}\nprinted:\n{last_output}"
+            observed["outputs_checked"] += 1
+        elif block.language != "text":
+            raise AssertionError(f"a {block.language or 'plain'} block after {block.lead!r} is neither saved nor run")
     return observed
 
 
@@ -156,15 +164,20 @@ def test_every_tutorial_command_runs_and_leaves_what_the_tutorial_describes(tuto
     for step in ("brain-gen prepare", "brain-gen validate", "brain-gen baselines", "brain-gen train", "brain-gen eval",
                  "brain-gen generate", "brain-gen test", "resume_lr", "resume_context", "trainer.strategy=ddp", "sbatch"):
         assert step in commands, f"the tutorial no longer runs {step}"
-    # 1. Sessions with events, from eight recordings.
+    assert tutorial["outputs_checked"] == 2  # validate's summaries, of both configs
+    # 1. Sessions with events, from eight recordings, as the tutorial pictures them.
     sessions = sorted(path.parent.name for path in work.glob("sessions/*/meta.json"))
     assert len(sessions) == 8 and all((work / "sessions" / name / "events.tsv").is_file() for name in sessions)
+    first_session = work / "sessions" / "sub-01_ses-01_task-motor"
+    assert [np.load(first_session / f"{index}.npy").shape for index in (0, 1)] == [(16, 2000), (16, 2000)]
+    assert {"sfreq", "ch_names", "ch_types", "pos_2d", "subject", "source"} <= set(json.loads((first_session / "meta.json").read_text()))
     # 3-4. The first run has checkpoints and the final evaluation's plots; TensorBoard serves
     # the scalars and images the tutorial names.
     first_run = work / "runs" / "gpt" / "logs" / "version_0"
     assert list((first_run / "checkpoints").glob("best-checkpoint-*.ckpt"))
-    final = sorted((first_run / "evals").glob("epoch=*-step=*/psd.png"))
-    assert final and (final[0].parent / "examples.png").is_file()
+    final = first_run / "evals" / "epoch=2-step=30"
+    for name in ("summary.json", "rollouts.npz", "psd.png", "examples.png", "covariance.png", "horizon.png"):
+        assert (final / name).is_file(), name
     served = tutorial["tensorboard"]
     scalars = served["scalars"]["gpt/logs/version_0"]
     assert {"train/loss", "val/loss", "lr", "grad_norm", "grad_clip_pct", "perf/data_wait_fraction", "eval/psd_distance_ratio"} <= set(scalars)
@@ -179,17 +192,21 @@ def test_every_tutorial_command_runs_and_leaves_what_the_tutorial_describes(tuto
     report = json.loads((work / "runs" / "decode" / "logs" / "version_1" / "test_metrics.json").read_text())
     assert report["classes"] == ["left", "right"] and report["accuracy"] > 0.7
     assert (work / "runs" / "decode" / "logs" / "version_1" / "confusion_matrix.png").is_file()
-    # 7. The resumed run: a new version folder that continued from epoch 4 with the new settings.
+    # 7. The resumed run: a new version folder that continued from epoch 3 with the new settings.
     resumed = work / "runs" / "gpt" / "logs" / "version_1"
     resumed_config = (resumed / "config.yaml").read_text()
     assert "resume_lr: 0.001" in resumed_config and "example_seconds: 2.0" in resumed_config
-    assert [path.name for path in (resumed / "checkpoints").glob("last-checkpoint-*")][0].startswith("last-checkpoint-epoch=5-")
+    last = torch.load(next((resumed / "checkpoints").glob("last-checkpoint-epoch=4-*")), weights_only=True)
+    # resume_lr became the schedule's starting value; ChannelGPT's 128 positions could not
+    # have trained on 199-step inputs had resume_context not grown them.
+    assert last["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1.0e-3)
     # 8. DDP wrote one more version folder; the SLURM job, one folder of its own.
-    assert list((work / "runs" / "gpt" / "logs" / "version_2" / "checkpoints").glob("last-checkpoint-epoch=3-*"))
+    # Twice the effective batch: half the steps of the one-process run's 30.
+    assert list((work / "runs" / "gpt" / "logs" / "version_2" / "checkpoints").glob("last-checkpoint-epoch=2-step=15.ckpt"))
     assert sorted(path.name for path in (work / "runs" / "gpt_slurm" / "logs").iterdir()) == ["version_0"]
-    assert list((work / "runs" / "gpt_slurm" / "logs" / "version_0" / "checkpoints").glob("last-checkpoint-epoch=3-*"))
+    assert list((work / "runs" / "gpt_slurm" / "logs" / "version_0" / "checkpoints").glob("last-checkpoint-epoch=2-*"))
     assert torch.load(next((work / "runs" / "gpt_slurm" / "logs" / "version_0" / "checkpoints").glob("last-*")),
-                      weights_only=True)["epoch"] == 3
+                      weights_only=True)["epoch"] == 2
 
 
 @pytest.mark.slow
@@ -198,10 +215,18 @@ def test_the_readme_figure_script_takes_the_final_psd_plot_of_a_run(tutorial, tm
     run_dir = tutorial["work"] / "runs" / "gpt" / "logs" / "version_0"
     subprocess.run([sys.executable, str(REPOSITORY / "docs" / "make_readme_figure.py"), "--from-run", str(run_dir),
                     "--out", str(figure)], check=True, timeout=120)
-    # The tutorial's run ends at step 40, and `brain-gen eval` wrote its own evaluation of
-    # that checkpoint beside the runner's, as epoch=3-step=40-2.
-    assert (run_dir / "evals" / "epoch=3-step=40-2" / "psd.png").is_file()
-    assert figure.read_bytes() == (run_dir / "evals" / "epoch=3-step=40" / "psd.png").read_bytes()
+    # The tutorial's run ends at step 30, and `brain-gen eval` wrote its own evaluation of
+    # that checkpoint beside the runner's, as epoch=2-step=30-2.
+    assert (run_dir / "evals" / "epoch=2-step=30-2" / "psd.png").is_file()
+    assert figure.read_bytes() == (run_dir / "evals" / "epoch=2-step=30" / "psd.png").read_bytes()
+    # A run whose final checkpoint has no evaluation gives no picture, rather than an older one.
+    unevaluated = tmp_path / "run"
+    shutil.copytree(run_dir, unevaluated)
+    shutil.rmtree(unevaluated / "evals")
+    shutil.copytree(run_dir / "evals" / "epoch=2-step=30", unevaluated / "evals" / "epoch=0-step=10")
+    result = subprocess.run([sys.executable, str(REPOSITORY / "docs" / "make_readme_figure.py"), "--from-run", str(unevaluated),
+                             "--out", str(tmp_path / "other.png")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "final checkpoint is of step 30" in result.stderr and not (tmp_path / "other.png").exists()
 
 
 def test_the_tutorial_shows_every_file_before_a_command_uses_it():

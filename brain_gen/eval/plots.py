@@ -154,7 +154,8 @@ def examples_figure(
     context, real, generated = (np.asarray(array, dtype=float) for array in (context, real, generated))
     n_examples = max(1, min(num_examples, context.shape[0]))
     figure = _figure(7.5, 1.1 + 1.9 * n_examples)
-    axes = np.atleast_1d(figure.subplots(n_examples, 1, squeeze=False)[:, 0])
+    # One shared time axis: tick labels under the last panel only, where they cannot run into a title.
+    axes = np.atleast_1d(figure.subplots(n_examples, 1, squeeze=False, sharex=True)[:, 0])
     context_times = (np.arange(context.shape[-1]) - context.shape[-1]) / sfreq
     continuation_times = np.arange(real.shape[-1]) / sfreq
     for example, ax in enumerate(axes):
@@ -178,9 +179,6 @@ def examples_figure(
                       fontsize="small")
         ax.set_xlim(context_times[0] if context_times.size else 0.0, continuation_times[-1])
         ax.set_title(f"context {example}", fontsize="small", loc="left")
-    # The panels share one time axis; tick labels under every panel ran into the next title.
-    for ax in axes[:-1]:
-        ax.tick_params(labelbottom=False)
     axes[0].legend(loc="upper right", fontsize="x-small", ncols=3)
     axes[-1].set_xlabel("time since the end of the context (s)")
     return figure
