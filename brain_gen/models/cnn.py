@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brain_gen.config.schema import SamplingConfig
-from brain_gen.models.sampling import check_code_context, generating, sample_per_channel
+from brain_gen.models.sampling import check_code_context, forecast_by_recomputing, generating
 
 
 def receptive_field(num_layers: int, kernel_size: int) -> int:
@@ -165,16 +165,8 @@ class CNNMultivariateQuantized(nn.Module):
         Codes are drawn by ``sampling`` (default ``SamplingConfig()``) through ``generator``.
         """
         check_code_context(self, context)
-        sampling = sampling or SamplingConfig()
-        batch, channels, time = context.shape
         with generating(self):
-            codes = torch.empty(batch, channels, time + steps, dtype=torch.long, device=context.device)
-            codes[:, :, :time] = context
-            for step in range(time, time + steps):
-                seen = codes[:, :, max(0, step - self.receptive_field) : step]
-                logits = self(seen)[:, :, -1]  # [B, C, V]
-                codes[:, :, step] = sample_per_channel(logits, sampling, generator)
-        return codes[:, :, time:].clone()
+            return forecast_by_recomputing(self, context, steps, sampling or SamplingConfig(), generator, self.receptive_field)
 
 
 class CNNUnivariateQuantized(CNNMultivariateQuantized):

@@ -83,3 +83,26 @@ def sample_per_channel(logits: torch.Tensor, sampling: SamplingConfig, generator
     """One code per channel of logits ``[B, C, V]``, drawn as ``sample_next`` draws: int64 ``[B, C]``."""
     batch, channels, _ = logits.shape
     return sample_next(logits.reshape(batch * channels, -1), sampling, generator).view(batch, channels)
+
+
+def forecast_by_recomputing(
+    model: nn.Module,
+    context: torch.Tensor,
+    steps: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+    window: int | None = None,
+) -> torch.Tensor:
+    """Continue int64 codes ``context`` ``[B, C, T]`` by ``steps`` codes, running ``model`` anew for each: int64 ``[B, C, steps]``.
+
+    Each step runs ``model`` (codes ``[B, C, t]`` to logits ``[B, C, t, V]``) over the
+    last ``window`` codes so far (all of them when None) and draws every channel's next
+    code from the last position. Call it inside ``generating(model)``.
+    """
+    batch, channels, time = context.shape
+    codes = torch.empty(batch, channels, time + steps, dtype=torch.long, device=context.device)
+    codes[:, :, :time] = context
+    for step in range(time, time + steps):
+        start = 0 if window is None else max(0, step - window)
+        codes[:, :, step] = sample_per_channel(model(codes[:, :, start:step])[:, :, -1], sampling, generator)
+    return codes[:, :, time:].clone()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brain_gen.config.schema import SamplingConfig
-from brain_gen.models.sampling import check_code_context, generating, sample_per_channel
+from brain_gen.models.sampling import check_code_context, forecast_by_recomputing, generating, sample_per_channel
 
 
 class GatedResidualLayer(nn.Module):
@@ -134,12 +134,10 @@ class WaveNet(nn.Module):
         sampling = sampling or SamplingConfig()
         batch, channels, time = context.shape
         with generating(self):
+            if not use_cache:
+                return forecast_by_recomputing(self, context, steps, sampling, generator)
             codes = torch.empty(batch, channels, time + steps, dtype=torch.long, device=context.device)
             codes[:, :, :time] = context
-            if not use_cache:
-                for step in range(time, time + steps):
-                    codes[:, :, step] = sample_per_channel(self(codes[:, :, :step])[:, :, -1], sampling, generator)
-                return codes[:, :, time:].clone()
             x, skips, pasts = self.mixed_embedding(context.long()), 0, []
             for layer in self.layers:
                 # The layer's inputs before the new step; zeros stand for steps before the start.
